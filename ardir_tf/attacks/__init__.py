@@ -1,0 +1,7 @@
+"""White-box attacks written with tf.GradientTape: FGSM, PGD (L-inf, L2) and their objectives."""
+
+from ardir_tf.attacks import objectives
+from ardir_tf.attacks.fgsm import fgsm
+from ardir_tf.attacks.pgd import NORMS, RANDOM_STARTS, pgd, project, validate
+
+__all__ = ["NORMS", "RANDOM_STARTS", "fgsm", "objectives", "pgd", "project", "validate"]

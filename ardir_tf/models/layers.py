@@ -1,0 +1,33 @@
+"""Layers shared by the model families."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+
+
+def inputs_and_normalize(
+    input_shape: Sequence[int],
+    normalization: tuple[Sequence[float], Sequence[float]] | None,
+):
+    """Returns ``(inputs, x)``: the [0, 1] image input and its normalised tensor.
+
+    Normalisation lives inside the model so that every attack and every exported artifact sees
+    [0, 1] pixels. ``keras.layers.Normalization`` stores mean and variance as weights, so the
+    model saves and loads in safe mode.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    if normalization is None:
+        return inputs, inputs
+    mean, std = normalization
+    channels = input_shape[-1]
+    mean = np.broadcast_to(np.asarray(mean, "float32"), (channels,))
+    std = np.broadcast_to(np.asarray(std, "float32"), (channels,))
+    if np.any(std <= 0):
+        raise ValueError(f"normalization std must be positive, got {std.tolist()}")
+    x = keras.layers.Normalization(
+        axis=-1, mean=mean.tolist(), variance=(std**2).tolist(), name="normalize"
+    )(inputs)
+    return inputs, x

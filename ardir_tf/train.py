@@ -1,0 +1,366 @@
+"""``python -m ardir_tf.train``: train a teacher, a baseline or a distilled robust student.
+
+With no flags it is the quick start: on the offline ``mnist5k`` digits it trains a PGD-AT
+``small_cnn`` teacher (or reuses the one already in ``WORKDIR/teacher``), distils an ARDIR
+student from it, evaluates both on the 1,000 held-out digits and prints natural / PGD-20 / CW
+accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
+
+A workdir receives ``model.keras`` (the trained network alone, loadable without this library's
+training code), ``history.csv``, TensorBoard logs in ``logs/``, ``results.json`` (the schema of
+:mod:`ardir_tf.evaluate`), ``settings.json`` and ``checkpoint/``. Running the same command again
+continues from the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Optional
+
+import keras
+import tensorflow as tf
+from absl import flags
+
+from ardir_tf import data, evaluate as evaluate_lib, methods, models
+
+FLAGS = flags.FLAGS
+SETTINGS_FILE = "settings.json"
+_PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
+# Settings that may change between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = ("epochs", "verbose", "progress", "workdir", "eval_examples", "eval_attacks", "teacher_epochs")
+
+
+def define_flags() -> None:
+    """Defines the training flags (called by the CLI only, so importing this module is side-effect free)."""
+    D = flags
+    D.DEFINE_enum("method", "ardir", list(methods.METHODS), "Training method.")
+    D.DEFINE_string("dataset", "mnist5k", "Dataset: cifar10, cifar100, svhn_cropped, mnist, fashion_mnist, mnist5k or npz:PATH.")
+    D.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
+    D.DEFINE_string("model", "small_cnn", f"Student architecture: {', '.join(models.available())}.")
+    D.DEFINE_string("model_options", "", "Architecture options, e.g. 'width=16' or 'depth=28,width=10'.")
+    D.DEFINE_string("teacher", "", "Path of the teacher's .keras file. Empty with a distillation method: train one "
+                    "with --teacher_method in WORKDIR/teacher (or reuse it).")
+    D.DEFINE_enum("teacher_method", "pgd_at", ["standard", "pgd_at", "trades"], "Method of an auto-trained teacher.")
+    D.DEFINE_string("teacher_model", "", "Architecture of an auto-trained teacher (default: --model).")
+    D.DEFINE_integer("teacher_epochs", 0, "Epochs of an auto-trained teacher (0: --epochs).")
+    D.DEFINE_string("workdir", "runs/quickstart", "Output directory of the run.")
+    D.DEFINE_integer("epochs", 5, "Training epochs.")
+    D.DEFINE_integer("batch_size", 128, "Global batch size.")
+    D.DEFINE_integer("train_examples", 0, "Use only the first N training examples (0: all).")
+    D.DEFINE_integer("val_examples", 500, "Held-out examples for the per-epoch natural/PGD check (0: none).")
+    D.DEFINE_integer("eval_examples", 1000, "Held-out examples of the final evaluation.")
+    D.DEFINE_list("eval_attacks", list(evaluate_lib.DEFAULT_ATTACKS), "Attacks of the final evaluation.")
+    D.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
+    D.DEFINE_float("learning_rate", 0.01, "Initial learning rate.")
+    D.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    D.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "cosine", "constant"], "Learning-rate schedule.")
+    D.DEFINE_list("lr_decay_epochs", [], "Piecewise: epochs at which the rate is multiplied by --lr_decay_factor.")
+    D.DEFINE_float("lr_decay_factor", 0.1, "Piecewise decay factor.")
+    D.DEFINE_float("weight_decay", 0.0, "Weight decay coefficient.")
+    D.DEFINE_enum("weight_decay_mode", "l2", ["l2", "decoupled"], "l2: PyTorch-SGD-style coupled decay (gradient "
+                  "wd*w, the references'); decoupled: the optimizer's own weight_decay.")
+    D.DEFINE_float("epsilon", None, "Attack radius (default: 0.3 for MNIST-like data, 8/255 otherwise).")
+    D.DEFINE_integer("attack_steps", 10, "PGD steps K of the training attack.")
+    D.DEFINE_float("attack_step_size", None, "PGD step size (default: 0.03 for MNIST-like data, 2/255 otherwise).")
+    D.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model norm.")
+    D.DEFINE_enum("random_start", None, ["uniform", "normal", "none"], "Random start (default: the method's reference).")
+    D.DEFINE_bool("attack_bn_training", False, "Attack with the student's BN in training mode (ARD/IAD reference code).")
+    D.DEFINE_integer("eval_attack_steps", None, "PGD steps of the per-epoch check (default: --attack_steps).")
+    D.DEFINE_float("trades_beta", 6.0, "TRADES beta.")
+    D.DEFINE_float("temperature", None, "Distillation temperature (default: the method's reference: ARD 30, IAD 1).")
+    D.DEFINE_float("alpha", 1.0, "Weight of the distillation term (1 - alpha weighs CE(S(x), y)).")
+    D.DEFINE_enum("kl_reduction", None, ["batchmean", "elementmean"], "KL reduction (default: the method's reference).")
+    D.DEFINE_float("rslad_adversarial_weight", 5 / 6, "RSLAD weight of the adversarial KL term.")
+    D.DEFINE_float("iad_beta", 0.1, "IAD trust exponent.")
+    D.DEFINE_integer("iad_begin", 60, "IAD first introspective epoch (0-based).")
+    D.DEFINE_list("ir_layers", [], "ARDIR layer pairs 'student:teacher' (or a name on both sides); default: the last "
+                  "convolutional stage of each.")
+    D.DEFINE_list("ir_weights", [], "ARDIR weight per layer pair (default 1 each).")
+    D.DEFINE_float("gamma", 1.0, "ARDIR weight of the IR term.")
+    D.DEFINE_enum("ir_distance", "normalized_mse", ["normalized_mse", "mse", "cosine", "attention"], "ARDIR IR distance.")
+    D.DEFINE_enum("teacher_ir_input", "natural", ["natural", "adversarial"], "ARDIR: the teacher's IR on x or on x'.")
+    D.DEFINE_enum("ardir_base", "ard", ["ard", "iad"], "ARDIR output loss.")
+    D.DEFINE_enum("attack_objective", "ce", ["ce", "ardir"], "ARDIR training attack objective.")
+    D.DEFINE_integer("seed", 0, "Seed of initialisation, data order and attack noise.")
+    D.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (bitwise-reproducible, slower).")
+    D.DEFINE_enum("progress", "bar", list(_PROGRESS), "Progress output: a Keras progress bar, one line per epoch, or none.")
+    D.DEFINE_bool("verbose", False, "Show the traceback of an error, not just its one-line message.")
+
+
+# --------------------------------------------------------------------------------------- helpers
+def load_model_file(path: str, what: str = "model") -> keras.Model:
+    """Loads a ``.keras`` file in safe mode, with a one-line error for a missing or bad file."""
+    if not path or not os.path.isfile(path):
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as err:  # keras raises many types for a bad archive
+        raise ValueError(f"{what} file {path!r} is not a loadable .keras model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """``"depth=28,width=10"`` -> ``{"depth": 28, "width": 10}`` (ints, floats or strings)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad model option {item!r}; use key=value")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def mnist_like(info: data.DatasetInfo) -> bool:
+    return info.input_shape[-1] == 1
+
+
+def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str, Any]:
+    """Fills dataset-dependent defaults and validates the values no flag type can check."""
+    s = dict(values)
+    if s["epsilon"] is None:
+        s["epsilon"] = 0.3 if mnist_like(info) else 8 / 255
+    if s["attack_step_size"] is None:
+        s["attack_step_size"] = 0.03 if mnist_like(info) else 2 / 255
+    checks = [
+        (s["epochs"] >= 1, f"--epochs must be >= 1, got {s['epochs']}"),
+        (s["batch_size"] >= 1, f"--batch_size must be >= 1, got {s['batch_size']}"),
+        (s["learning_rate"] > 0, f"--learning_rate must be positive, got {s['learning_rate']}"),
+        (s["weight_decay"] >= 0, f"--weight_decay must be >= 0, got {s['weight_decay']}"),
+        (s["epsilon"] >= 0 and (s["norm"] != "linf" or s["epsilon"] <= 1), f"--epsilon must lie in [0, 1], got {s['epsilon']}"),
+        (s["attack_steps"] >= 1, f"--attack_steps must be positive, got {s['attack_steps']}"),
+        (s["attack_step_size"] > 0, f"--attack_step_size must be positive, got {s['attack_step_size']}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    s["lr_decay_epochs"] = [int(e) for e in s["lr_decay_epochs"]]
+    s["ir_weights"] = [float(w) for w in s["ir_weights"]]
+    return s
+
+
+def learning_rate(s: dict[str, Any], steps_per_epoch: int):
+    """The schedule in optimizer steps (so it resumes with the optimizer's iteration count)."""
+    lr = s["learning_rate"]
+    if s["lr_schedule"] == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=s["epochs"] * steps_per_epoch)
+    if s["lr_schedule"] == "piecewise" and s["lr_decay_epochs"]:
+        boundaries = [e * steps_per_epoch for e in sorted(s["lr_decay_epochs"])]
+        values = [lr * s["lr_decay_factor"] ** i for i in range(len(boundaries) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    return lr
+
+
+def make_optimizer(s: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = learning_rate(s, steps_per_epoch)
+    decay = s["weight_decay"] if s["weight_decay_mode"] == "decoupled" and s["weight_decay"] else None
+    if s["optimizer"] == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=decay)
+    return keras.optimizers.SGD(lr, momentum=s["momentum"], weight_decay=decay)
+
+
+def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[keras.Model]) -> methods.AdversarialTrainer:
+    """The method's trainer from resolved settings ``s``."""
+    common = dict(
+        epsilon=s["epsilon"], attack_steps=s["attack_steps"], attack_step_size=s["attack_step_size"], norm=s["norm"],
+        random_start=s["random_start"], attack_bn_training=s["attack_bn_training"],
+        eval_attack_steps=s["eval_attack_steps"], seed=s["seed"],
+        l2_weight_decay=s["weight_decay"] if s["weight_decay_mode"] == "l2" else 0.0,
+    )
+    method = s["method"]
+    distill = {k: v for k, v in (("temperature", s["temperature"]), ("kl_reduction", s["kl_reduction"])) if v is not None}
+    if method == "standard":
+        return methods.Standard(student, **common)
+    if method == "pgd_at":
+        return methods.PGDAT(student, **common)
+    if method == "trades":
+        return methods.TRADES(student, beta=s["trades_beta"], **common)
+    if method == "ard":
+        return methods.ARD(student, teacher, alpha=s["alpha"], **distill, **common)
+    if method == "rslad":
+        return methods.RSLAD(student, teacher, adversarial_weight=s["rslad_adversarial_weight"], **common)
+    if method == "iad":
+        return methods.IAD(student, teacher, alpha=s["alpha"], beta=s["iad_beta"], begin=s["iad_begin"], **distill, **common)
+    return methods.ARDIR(
+        student, teacher, ir_layers=s["ir_layers"] or None, ir_weights=s["ir_weights"] or None, gamma=s["gamma"],
+        distance=s["ir_distance"], teacher_ir_input=s["teacher_ir_input"], base=s["ardir_base"],
+        attack_objective=s["attack_objective"], alpha=s["alpha"], iad_beta=s["iad_beta"], iad_begin=s["iad_begin"],
+        **distill, **common,
+    )
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole training state (student, connectors, optimizer, attack RNG, epoch) after
+    every epoch. The weights go to a new file first and ``state.json`` is replaced atomically
+    afterwards, so an interruption at any moment leaves the previous complete checkpoint usable."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.directory, "state.json")
+
+    def completed_epochs(self) -> int:
+        state = self.read_state()
+        return state["epochs_completed"] if state else 0
+
+    def read_state(self) -> Optional[dict]:
+        if not os.path.exists(self.state_path):
+            return None
+        with open(self.state_path) as f:
+            return json.load(f)
+
+    def restore(self, trainer: keras.Model) -> int:
+        """Loads the last complete checkpoint into ``trainer``; returns the epochs it completed."""
+        state = self.read_state()
+        if not state:
+            return 0
+        if not trainer.optimizer.built:
+            trainer.optimizer.build(trainer.trainable_variables)
+        trainer.load_weights(os.path.join(self.directory, state["weights"]))
+        return state["epochs_completed"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(os.path.join(self.directory, name))
+        write_json_atomic(self.state_path, {"epochs_completed": epoch + 1, "weights": name})
+        for old in os.listdir(self.directory):
+            if old.endswith(".weights.h5") and old != name:
+                os.remove(os.path.join(self.directory, old))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    """Saves a float32 copy of ``model`` to ``path`` via a temporary file and a rename."""
+    tmp = path[: -len(".keras")] + ".tmp.keras"
+    evaluate_lib.float32_model(model).save(tmp)
+    os.replace(tmp, path)
+
+
+def check_settings(workdir: str, s: dict[str, Any]) -> None:
+    """Refuses to mix runs: a workdir that holds a run with other settings is an error."""
+    path = os.path.join(workdir, SETTINGS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        diff = sorted(k for k in set(old) | set(s) if k not in _RESUMABLE_CHANGES and old.get(k) != s.get(k))
+        if diff:
+            raise ValueError(
+                f"workdir {workdir!r} holds a run with different settings ({', '.join(diff)}); "
+                "use another --workdir, or delete that one to start fresh"
+            )
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(path, s)
+
+
+# ----------------------------------------------------------------------------------------- runs
+def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") -> dict:
+    """Trains ``s["method"]`` into ``workdir`` (resuming if possible), saves and evaluates it.
+
+    Returns the results dict (also written to ``WORKDIR/results.json``).
+    """
+    info = data.get_info(s["dataset"], s["data_dir"])
+    s = resolve_settings(s, info)
+    teacher = None
+    if s["method"] in methods.DISTILLATION_METHODS:
+        teacher = load_model_file(teacher_path, "teacher")
+    check_settings(workdir, {**s, "teacher": os.path.abspath(teacher_path) if teacher_path else ""})
+    model_path = os.path.join(workdir, "model.keras")
+    ckpt = EpochCheckpoint(os.path.join(workdir, "checkpoint"))
+    results_path = os.path.join(workdir, "results.json")
+    if ckpt.completed_epochs() >= s["epochs"] and os.path.exists(model_path) and os.path.exists(results_path):
+        print(f"{workdir}: already trained for {s['epochs']} epochs; reusing it")
+        with open(results_path) as f:
+            return json.load(f)
+
+    keras.utils.set_random_seed(s["seed"])
+    if s["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    x_train, y_train = data.load_arrays(s["dataset"], "train", s["data_dir"], examples=s["train_examples"] or None)
+    x_test, y_test = data.load_arrays(s["dataset"], "test", s["data_dir"], examples=s["eval_examples"])
+    normalization = (info.mean, info.std) if info.mean is not None else None
+    student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
+                         **parse_options(s["model_options"]))
+    trainer = build_trainer(s, student, teacher)
+    steps = data.steps_per_epoch(len(x_train), s["batch_size"])
+    trainer.compile(optimizer=make_optimizer(s, steps))
+    initial_epoch = ckpt.restore(trainer)
+    if initial_epoch:
+        print(f"{workdir}: resuming after epoch {initial_epoch}")
+    train_ds = data.train_dataset(x_train, y_train, s["batch_size"], seed=s["seed"], augment=info.augment,
+                                  start_epoch=initial_epoch)
+    val = None
+    if s["val_examples"]:
+        n = min(s["val_examples"], len(x_test))
+        val = data.eval_dataset(x_test[:n], y_test[:n], s["batch_size"])
+    callbacks = [
+        ckpt,
+        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=initial_epoch > 0),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    start = time.time()
+    print(f"training {s['method']} {s['model']} on {info.name} for {s['epochs']} epochs into {workdir}")
+    trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]], shuffle=False)
+    if ckpt.completed_epochs() < s["epochs"]:
+        raise ValueError(f"training stopped early (non-finite loss?); the last good checkpoint is in {ckpt.directory}")
+    save_model_atomic(student, model_path)
+    results = evaluate_lib.evaluate(
+        load_model_file(model_path), x_test, y_test, epsilon=s["epsilon"], attacks=s["eval_attacks"], norm=s["norm"],
+        dataset=info.name, class_names=info.class_names, seed=s["seed"], verbose=int(s["progress"] == "bar"),
+    )
+    results["training"] = {"method": s["method"], "model": s["model"], "epochs": s["epochs"],
+                           "seconds": round(time.time() - start, 1), "teacher": teacher_path or None}
+    evaluate_lib.write_json(results, results_path)
+    return results
+
+
+def main(argv) -> None:
+    del argv
+    values = {name: FLAGS[name].value for name in _flag_names()}
+    workdir = values.pop("workdir")
+    teacher_path = values.pop("teacher")
+    rows = {}
+    if values["method"] in methods.DISTILLATION_METHODS and not teacher_path:
+        teacher_values = dict(values, method=values.pop("teacher_method"),
+                              model=values.get("teacher_model") or values["model"],
+                              epochs=values["teacher_epochs"] or values["epochs"])
+        teacher_dir = os.path.join(workdir, "teacher")
+        rows["teacher"] = train_and_evaluate(teacher_values, teacher_dir)
+        teacher_path = os.path.join(teacher_dir, "model.keras")
+    else:
+        values.pop("teacher_method")
+    rows[values["method"]] = train_and_evaluate(values, workdir, teacher_path)
+    print(evaluate_lib.format_table(rows))
+
+
+def _flag_names() -> list[str]:
+    return [f.name for f in FLAGS.get_flags_for_module(__name__ if __name__ != "__main__" else "__main__")] or []
+
+
+if __name__ == "__main__":
+    from ardir_tf import cli
+
+    define_flags()
+    cli.run(main)
