@@ -31,10 +31,21 @@ def kl_per_example(target_logits: tf.Tensor, logits: tf.Tensor, temperature: flo
     Returns:
         ``[B]`` non-negative float32 divergences (summed over classes).
     """
-    t = tf.constant(float(temperature), tf.float32)
-    log_p = tf.nn.log_softmax(_f32(target_logits) / t, axis=-1)
-    log_q = tf.nn.log_softmax(_f32(logits) / t, axis=-1)
-    return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+    dtype = _kl_dtype()
+    t = tf.constant(float(temperature), dtype)
+    log_p = tf.nn.log_softmax(tf.cast(target_logits, dtype) / t, axis=-1)
+    log_q = tf.nn.log_softmax(tf.cast(logits, dtype) / t, axis=-1)
+    return tf.cast(tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1), tf.float32)
+
+
+def _kl_dtype() -> tf.DType:
+    # KL between close distributions (high temperature: ARD's t=30 gives values ~1e-7) loses most
+    # of its digits to cancellation in float32. The [B, C] tensors are tiny, so compute them in
+    # float64 wherever it exists; TPUs have no float64 and keep float32.
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+        return tf.float32
+    return tf.float64
 
 
 def kl_divergence(

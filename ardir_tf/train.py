@@ -46,14 +46,14 @@ def define_flags() -> None:
     D.DEFINE_string("teacher_model", "", "Architecture of an auto-trained teacher (default: --model).")
     D.DEFINE_integer("teacher_epochs", 0, "Epochs of an auto-trained teacher (0: --epochs).")
     D.DEFINE_string("workdir", "runs/quickstart", "Output directory of the run.")
-    D.DEFINE_integer("epochs", 5, "Training epochs.")
-    D.DEFINE_integer("batch_size", 128, "Global batch size.")
+    D.DEFINE_integer("epochs", 4, "Training epochs.")
+    D.DEFINE_integer("batch_size", 64, "Global batch size.")
     D.DEFINE_integer("train_examples", 0, "Use only the first N training examples (0: all).")
     D.DEFINE_integer("val_examples", 500, "Held-out examples for the per-epoch natural/PGD check (0: none).")
     D.DEFINE_integer("eval_examples", 1000, "Held-out examples of the final evaluation.")
     D.DEFINE_list("eval_attacks", list(evaluate_lib.DEFAULT_ATTACKS), "Attacks of the final evaluation.")
-    D.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
-    D.DEFINE_float("learning_rate", 0.01, "Initial learning rate.")
+    D.DEFINE_enum("optimizer", "adam", ["sgd", "adam"], "Optimizer (the CIFAR flagfiles use the references' SGD).")
+    D.DEFINE_float("learning_rate", 0.001, "Initial learning rate.")
     D.DEFINE_float("momentum", 0.9, "SGD momentum.")
     D.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "cosine", "constant"], "Learning-rate schedule.")
     D.DEFINE_list("lr_decay_epochs", [], "Piecewise: epochs at which the rate is multiplied by --lr_decay_factor.")
@@ -64,6 +64,8 @@ def define_flags() -> None:
     D.DEFINE_float("epsilon", None, "Attack radius (default: 0.3 for MNIST-like data, 8/255 otherwise).")
     D.DEFINE_integer("attack_steps", 10, "PGD steps K of the training attack.")
     D.DEFINE_float("attack_step_size", None, "PGD step size (default: 0.03 for MNIST-like data, 2/255 otherwise).")
+    D.DEFINE_float("epsilon_warmup_epochs", None, "Ramp the training attack's epsilon linearly from 0 over this many "
+                   "epochs (default: half the epochs, at most 2, for MNIST-like data; 0 otherwise).")
     D.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model norm.")
     D.DEFINE_enum("random_start", None, ["uniform", "normal", "none"], "Random start (default: the method's reference).")
     D.DEFINE_bool("attack_bn_training", False, "Attack with the student's BN in training mode (ARD/IAD reference code).")
@@ -128,6 +130,8 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
     s = dict(values)
     if s["epsilon"] is None:
         s["epsilon"] = 0.3 if mnist_like(info) else 8 / 255
+    if s.get("epsilon_warmup_epochs") is None:
+        s["epsilon_warmup_epochs"] = min(2.0, s["epochs"] / 2) if mnist_like(info) else 0.0
     if s["attack_step_size"] is None:
         s["attack_step_size"] = 0.03 if mnist_like(info) else 2 / 255
     checks = [
@@ -138,6 +142,7 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
         (s["epsilon"] >= 0 and (s["norm"] != "linf" or s["epsilon"] <= 1), f"--epsilon must lie in [0, 1], got {s['epsilon']}"),
         (s["attack_steps"] >= 1, f"--attack_steps must be positive, got {s['attack_steps']}"),
         (s["attack_step_size"] > 0, f"--attack_step_size must be positive, got {s['attack_step_size']}"),
+        (s.get("epsilon_warmup_epochs", 0) >= 0, "--epsilon_warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -167,9 +172,11 @@ def make_optimizer(s: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.
     return keras.optimizers.SGD(lr, momentum=s["momentum"], weight_decay=decay)
 
 
-def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[keras.Model]) -> methods.AdversarialTrainer:
+def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[keras.Model],
+                  steps_per_epoch: int = 1) -> methods.AdversarialTrainer:
     """The method's trainer from resolved settings ``s``."""
     common = dict(
+        epsilon_warmup_steps=int(round(s.get("epsilon_warmup_epochs", 0.0) * steps_per_epoch)),
         epsilon=s["epsilon"], attack_steps=s["attack_steps"], attack_step_size=s["attack_step_size"], norm=s["norm"],
         random_start=s["random_start"], attack_bn_training=s["attack_bn_training"],
         eval_attack_steps=s["eval_attack_steps"], seed=s["seed"],
@@ -280,11 +287,13 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     Returns the results dict (also written to ``WORKDIR/results.json``).
     """
     info = data.get_info(s["dataset"], s["data_dir"])
+    requested = {**s, "teacher": os.path.abspath(teacher_path) if teacher_path else ""}
     s = resolve_settings(s, info)
     teacher = None
     if s["method"] in methods.DISTILLATION_METHODS:
         teacher = load_model_file(teacher_path, "teacher")
-    check_settings(workdir, {**s, "teacher": os.path.abspath(teacher_path) if teacher_path else ""})
+    # Compare what the user asked for: defaults derived from --epochs may change on resumption.
+    check_settings(workdir, requested)
     model_path = os.path.join(workdir, "model.keras")
     ckpt = EpochCheckpoint(os.path.join(workdir, "checkpoint"))
     results_path = os.path.join(workdir, "results.json")
@@ -301,8 +310,8 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     normalization = (info.mean, info.std) if info.mean is not None else None
     student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
                          **parse_options(s["model_options"]))
-    trainer = build_trainer(s, student, teacher)
     steps = data.steps_per_epoch(len(x_train), s["batch_size"])
+    trainer = build_trainer(s, student, teacher, steps)
     trainer.compile(optimizer=make_optimizer(s, steps))
     initial_epoch = ckpt.restore(trainer)
     if initial_epoch:

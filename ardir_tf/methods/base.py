@@ -50,6 +50,9 @@ class AdversarialTrainer(keras.Model):
             For decoupled decay, use the optimizer's own ``weight_decay`` instead.
         monitor_natural_accuracy: when the loss does not need ``S(x)``, run one extra
             inference-mode forward pass per step to report natural training accuracy.
+        epsilon_warmup_steps: ramp the training attack's ``epsilon`` and step size linearly from
+            0 to their values over this many optimizer steps (0: off). Adversarial training at a
+            large radius (MNIST eps 0.3) can stall at chance level for epochs without it.
         seed: seed of the attack's random start (a ``keras.random.SeedGenerator`` whose state is
             saved with the trainer, so resumed runs draw the same noise).
     """
@@ -76,6 +79,7 @@ class AdversarialTrainer(keras.Model):
         eval_attack_step_size: Optional[float] = None,
         l2_weight_decay: float = 0.0,
         monitor_natural_accuracy: bool = True,
+        epsilon_warmup_steps: int = 0,
         seed: Optional[int] = None,
         name: Optional[str] = None,
         **kwargs,
@@ -101,6 +105,9 @@ class AdversarialTrainer(keras.Model):
         validate(epsilon, self.eval_attack_step_size, self.eval_attack_steps, norm, "uniform")
         self.l2_weight_decay = float(l2_weight_decay)
         self.monitor_natural_accuracy = bool(monitor_natural_accuracy)
+        if epsilon_warmup_steps < 0:
+            raise ValueError(f"epsilon_warmup_steps must be >= 0, got {epsilon_warmup_steps}")
+        self.epsilon_warmup_steps = int(epsilon_warmup_steps)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss",) + tuple(self.loss_terms)}
@@ -126,13 +133,21 @@ class AdversarialTrainer(keras.Model):
         """``x'`` for this batch by the method's PGD (``None`` for non-adversarial methods)."""
         if not self.adversarial:
             return None
+        ramp = self.warmup_fraction()
         return pgd(
             self.attack_model(), x, y,
-            epsilon=self.epsilon, step_size=self.attack_step_size, steps=self.attack_steps,
+            epsilon=self.epsilon * ramp, step_size=self.attack_step_size * ramp, steps=self.attack_steps,
             norm=self.norm, random_start=self.random_start, objective=self.attack_objective,
             reference=self.attack_reference(context), training=self.attack_bn_training,
             seed=self.seed_generator,
         )
+
+    def warmup_fraction(self):
+        """``min(1, (step + 1) / epsilon_warmup_steps)`` (a tensor), or 1.0 without warm-up."""
+        if not self.epsilon_warmup_steps:
+            return 1.0
+        step = tf.cast(self.optimizer.iterations + 1, tf.float32)
+        return tf.minimum(1.0, step / float(self.epsilon_warmup_steps))
 
     def method_loss(self, x: tf.Tensor, y: tf.Tensor, x_adv: Optional[tf.Tensor], context: dict[str, Any]) -> LossOutput:
         """The method's loss, computed under the tape with the student in training mode."""

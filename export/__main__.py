@@ -1,0 +1,71 @@
+"""``python -m export``: write a verified deployment bundle of a trained classifier.
+
+Usage::
+
+    python -m export --model=runs/quickstart/model.keras --out=deploy/mnist \\
+        [--onnx_opset=17] [--results=results.json] [--examples=10] [--verify_examples=256] \\
+        [--dataset=mnist5k] [--data_dir=...] [--epsilon=0.3] [--overwrite] [--seed=0] [--verbose]
+
+Writes ``DIR/saved_model/``, ``DIR/model.onnx``, ``DIR/model_card.json``, ``DIR/examples/``,
+``DIR/BUILD.md`` and ``DIR/predict.py`` after checking on held-out images that the SavedModel and
+the ONNX model agree with the Keras model (``docs/export.md``).
+
+Exit status: 0 on success; 1 when the verification fails (nothing is written, an existing DIR is
+left as it was); 2 on bad input (flags, files, data), with a one-line ``error:`` message.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the export flags (only when run as a program)."""
+    flags.DEFINE_string("model", None, "Path of the trained .keras classifier (e.g. WORKDIR/model.keras).",
+                        required=True)
+    flags.DEFINE_string("out", None, "Output directory of the bundle (must not exist unless --overwrite).",
+                        required=True)
+    flags.DEFINE_integer("onnx_opset", 17, "ONNX opset of model.onnx.")
+    flags.DEFINE_string("results", None, "Evaluation results JSON for the model card (default: results.json "
+                        "beside the model, if present).")
+    flags.DEFINE_integer("examples", 10, "Held-out example images saved to DIR/examples/.")
+    flags.DEFINE_integer("verify_examples", 256, "Held-out images of the self-verification (at least 64).")
+    flags.DEFINE_string("dataset", None, "Dataset of the model (default: the dataset in settings.json beside it).")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
+    flags.DEFINE_float("epsilon", None, "Threat-model radius (default: the run's settings).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing export in --out.")
+    flags.DEFINE_integer("seed", 0, "Seed of the verification attack.")
+    flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not just its one-line message.")
+
+
+def main(argv) -> None:
+    """Runs the export; see the module docstring for the exit status."""
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from export import atomic
+
+    atomic.check_destination(FLAGS.out, FLAGS.overwrite)  # fail fast, before TensorFlow loads
+
+    from export import exporter
+    from export.verify import VerificationError
+
+    try:
+        exporter.export(
+            FLAGS.model, FLAGS.out, onnx_opset=FLAGS.onnx_opset, results_path=FLAGS.results,
+            examples=FLAGS.examples, verify_examples=FLAGS.verify_examples, dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir, epsilon=FLAGS.epsilon, overwrite=FLAGS.overwrite, seed=FLAGS.seed,
+        )
+    except VerificationError as err:
+        print(f"error: {err}; nothing was written to {FLAGS.out}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from ardir_tf import cli
+
+    define_flags()
+    cli.run(main)

@@ -1,0 +1,316 @@
+"""``model_card.json``: what was exported, how it was trained and how robust it is.
+
+The card is built from the run's workdir (``settings.json`` and ``results.json`` beside
+``model.keras``, both written by ``python -m ardir_tf.train``), the dataset's description, a few
+held-out example images (``examples/*.png``) and the export's own verification numbers. Its keys
+are listed in ``docs/export.md``; ``schema_version`` changes when they do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+
+from ardir_tf import data
+from ardir_tf.models import default_ir_layers
+
+SCHEMA_VERSION = 1
+SETTINGS_FILE = "settings.json"
+RESULTS_FILE = "results.json"
+#: Training settings that describe how the run was *displayed*, not the method.
+_NOT_METHOD_SETTINGS = ("progress", "verbose", "data_dir")
+#: Methods trained from a teacher (ardir_tf.methods.DISTILLATION_METHODS, repeated to keep this
+#: module light).
+_DISTILLATION = ("ard", "rslad", "iad", "ardir")
+
+
+def read_json(path: str, what: str) -> dict:
+    """Reads a JSON object, with a one-line ``ValueError`` for an unreadable or non-object file."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except OSError as err:
+        raise ValueError(f"cannot read {what} {path!r}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {path!r} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def run_files(model_path: str, results_path: str | None = None) -> tuple[dict | None, dict | None]:
+    """The run's ``settings.json`` and results beside ``model_path`` (``None`` where absent).
+
+    Args:
+        model_path: the exported ``.keras`` file.
+        results_path: an explicit results file (must exist), else ``results.json`` beside the model
+            when present.
+    """
+    workdir = os.path.dirname(os.path.abspath(model_path))
+    settings_path = os.path.join(workdir, SETTINGS_FILE)
+    settings = read_json(settings_path, "settings file") if os.path.isfile(settings_path) else None
+    if results_path:
+        if not os.path.isfile(results_path):
+            raise ValueError(f"results file {results_path!r} does not exist")
+        results = read_json(results_path, "results file")
+    else:
+        default = os.path.join(workdir, RESULTS_FILE)
+        results = read_json(default, "results file") if os.path.isfile(default) else None
+    return settings, results
+
+
+def ir_layers(model: keras.Model, settings: dict | None) -> tuple[list[str], list[str] | None, str]:
+    """The layers the model was distilled on: ``(student layers, teacher layers or None, source)``.
+
+    ARDIR runs name them in ``settings["ir_layers"]`` as ``"student:teacher"`` or a name used on
+    both sides; an ARDIR run without names, and any other model, uses
+    :func:`ardir_tf.models.default_ir_layers` (the last convolutional stage).
+    """
+    named = (settings or {}).get("ir_layers") or []
+    if isinstance(named, str):
+        named = [p for p in named.split(",") if p]
+    if settings and settings.get("method") == "ardir" and named:
+        student, teacher = [], []
+        for item in named:
+            s, _, t = str(item).partition(":")
+            student.append(s.strip())
+            teacher.append((t or s).strip())
+        return student, teacher, "settings"
+    return default_ir_layers(model), None, "default"
+
+
+def teacher_info(settings: dict | None) -> dict | None:
+    """The teacher of a distilled run: its path and, when its workdir is readable, its method,
+    architecture and evaluation numbers. ``None`` for a method without teacher."""
+    if not settings or settings.get("method") not in _DISTILLATION:
+        return None
+    path = settings.get("teacher") or ""
+    info: dict[str, Any] = {"path": path or None, "available": bool(path) and os.path.isfile(path)}
+    if path:
+        workdir = os.path.dirname(path)
+        s_path, r_path = os.path.join(workdir, SETTINGS_FILE), os.path.join(workdir, RESULTS_FILE)
+        if os.path.isfile(s_path):
+            try:
+                s = read_json(s_path, "teacher settings")
+                info.update(method=s.get("method"), architecture=s.get("model"),
+                            model_options=s.get("model_options") or "", epochs=s.get("epochs"))
+            except ValueError:
+                pass
+        if os.path.isfile(r_path):
+            try:
+                r = read_json(r_path, "teacher results")
+                info.update(natural_accuracy=r.get("natural_accuracy"), robust_accuracy=r.get("robust_accuracy"))
+            except ValueError:
+                pass
+    return info
+
+
+def threat_model(settings: dict | None, results: dict | None, info: data.DatasetInfo,
+                 epsilon: float | None = None) -> dict:
+    """``{"norm", "epsilon", "epsilon_source"}``: the ``--epsilon`` flag, else the run's settings,
+    else its results, else the library's default for the dataset (0.3 for one-channel images,
+    8/255 otherwise)."""
+    norm = (settings or {}).get("norm") or (results or {}).get("norm") or "linf"
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown threat-model norm {norm!r} in the run's settings")
+    for value, source in ((epsilon, "flag"), ((settings or {}).get("epsilon"), "settings"),
+                          ((results or {}).get("epsilon"), "results")):
+        if value is not None:
+            eps = float(value)
+            break
+    else:
+        eps, source = (0.3 if info.input_shape[-1] == 1 else 8 / 255), "dataset default"
+    if not (eps >= 0 and (norm != "linf" or eps <= 1)):
+        raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {eps}")
+    return {"norm": norm, "epsilon": eps, "epsilon_source": source}
+
+
+def save_examples(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], directory: str) -> list[dict]:
+    """Writes images as PNG files ``NNN_LABEL.png`` in ``directory``; returns the card's index.
+
+    Pixels are stored as ``round(255 * x)``; reading a PNG back and dividing by 255 gives the
+    original pixels of uint8 datasets exactly.
+    """
+    import tensorflow as tf
+
+    os.makedirs(directory, exist_ok=True)
+    index = []
+    for i, (image, label) in enumerate(zip(np.asarray(x), np.asarray(y))):
+        name = f"{i:03d}_{int(label)}.png"
+        pixels = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(tf.io.encode_png(pixels).numpy())
+        index.append({"file": f"{os.path.basename(directory)}/{name}", "label": int(label),
+                      "class_name": str(class_names[int(label)]) if int(label) < len(class_names) else str(label)})
+    return index
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that produced the artifacts."""
+    out = {}
+    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover - a missing optional package
+            out[name] = "unavailable"
+    return out
+
+
+def build(
+    *,
+    model: keras.Model,
+    model_path: str,
+    info: data.DatasetInfo,
+    settings: dict | None,
+    results: dict | None,
+    threat: dict,
+    student_layers: Sequence[str],
+    teacher_layers: Sequence[str] | None,
+    layers_source: str,
+    examples: list[dict],
+    verification: dict,
+    onnx_file: str,
+    onnx_opset: int,
+) -> dict:
+    """Assembles ``model_card.json`` (keys documented in ``docs/export.md``)."""
+    from export.savedmodel import ATTACK_STEP_FRACTION, MAX_ATTACK_STEPS
+
+    h, w, c = info.input_shape
+    method = None
+    if settings:
+        method = {"name": settings.get("method"),
+                  "settings": {k: v for k, v in sorted(settings.items()) if k not in _NOT_METHOD_SETTINGS}}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "architecture": (settings or {}).get("model") or model.name,
+            "options": (settings or {}).get("model_options") or "",
+            "keras_name": model.name,
+            "parameters": int(model.count_params()),
+            "source": os.path.abspath(model_path),
+            "source_sha256": sha256(model_path),
+        },
+        "dataset": {
+            "name": info.name,
+            "num_classes": info.num_classes,
+            "class_names": list(info.class_names),
+            "num_train": info.num_train,
+            "num_test": info.num_test,
+        },
+        "input": {
+            "name": "images",
+            "shape": [h, w, c],
+            "layout": "NHWC",
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "normalization": ("inside the model (mean/std layer)" if info.mean is not None else "none"),
+        },
+        "outputs": {
+            "logits": f"float32 [N, {info.num_classes}]",
+            "probabilities": f"float32 [N, {info.num_classes}], softmax of the logits",
+        },
+        "method": method,
+        "teacher": teacher_info(settings),
+        "internal_representations": {
+            "layers": list(student_layers),
+            "teacher_layers": list(teacher_layers) if teacher_layers else None,
+            "source": layers_source,
+        },
+        "threat_model": threat,
+        "evaluation": results,
+        "examples": examples,
+        "artifacts": {
+            "saved_model": {
+                "path": "saved_model",
+                "signatures": {
+                    "serving_default": "images float32 [N,H,W,C] in [0,1] -> logits, probabilities float32 [N,K]",
+                    "features": "images -> {layer name: activation float32} for the layers above",
+                    "attack": (f"images, labels int32 [N], epsilon float32 scalar, steps int32 scalar in "
+                               f"[0, {MAX_ATTACK_STEPS}] -> adversarial_images, logits; PGD ({threat['norm']}), "
+                               f"uniform start, step {ATTACK_STEP_FRACTION:g}*epsilon, cross-entropy, clip [0, 1]"),
+                },
+            },
+            "onnx": {"path": os.path.basename(onnx_file), "opset": int(onnx_opset), "sha256": sha256(onnx_file),
+                     "inputs": {"images": f"float32 [N, {h}, {w}, {c}]"},
+                     "outputs": {"logits": f"float32 [N, {info.num_classes}]",
+                                 "probabilities": f"float32 [N, {info.num_classes}]"}},
+            "examples": "examples/",
+            "predict": "predict.py (onnxruntime + pillow, no TensorFlow)",
+        },
+        "verification": verification,
+        "export": {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+        },
+    }
+
+
+def build_md(card: dict) -> str:
+    """The bundle's ``BUILD.md``: deploy the ONNX model with onnxruntime, no TensorFlow needed."""
+    h, w, c = card["input"]["shape"]
+    mode = "L" if c == 1 else "RGB"
+    example = card["examples"][0]["file"] if card["examples"] else "digit.png"
+    threat = card["threat_model"]
+    ev = card.get("evaluation") or {}
+    robust = ev.get("robust_accuracy", {}).get("all")
+    numbers = (f"natural accuracy {100 * ev['natural_accuracy']:.1f}%, robust accuracy {100 * robust:.1f}% "
+               f"({threat['norm']} eps={threat['epsilon']:g}, {ev.get('examples')} held-out examples)"
+               if ev.get("natural_accuracy") is not None and robust is not None else "no evaluation results recorded")
+    return f"""# Deploying {card['model']['architecture']} ({card['dataset']['name']})
+
+Robust classifier exported by `python -m export`: {numbers}. See `model_card.json`.
+
+## Without TensorFlow: onnxruntime
+
+    pip install onnxruntime pillow numpy
+
+```python
+import json, numpy as np, onnxruntime as ort
+from PIL import Image
+
+card = json.load(open("model_card.json"))
+h, w, c = card["input"]["shape"]                       # {h}, {w}, {c}
+image = Image.open("{example}").convert("{mode}").resize((w, h))
+x = (np.asarray(image, np.float32) / 255.0).reshape(1, h, w, c)   # float32 [1, H, W, C] in [0, 1]
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+logits, probabilities = session.run(["logits", "probabilities"], {{"images": x}})
+k = int(probabilities[0].argmax())
+print(card["dataset"]["class_names"][k], float(probabilities[0, k]))
+```
+
+Or from the command line (top 3 classes of each image):
+
+    python predict.py --onnx=model.onnx {example}
+
+onnxruntime refuses an input of the wrong rank, size, channel count or dtype with an
+`INVALID_ARGUMENT` error naming the expected value.
+
+## With TensorFlow: the SavedModel
+
+```python
+import tensorflow as tf
+m = tf.saved_model.load("saved_model")
+out = m.signatures["serving_default"](images=tf.constant(x))          # logits, probabilities
+feats = m.signatures["features"](images=tf.constant(x))               # {{layer: activation}}
+adv = m.signatures["attack"](images=tf.constant(x), labels=tf.constant([k], tf.int32),
+                             epsilon=tf.constant({threat['epsilon']:g}), steps=tf.constant(20))
+```
+
+Load SavedModels from trusted sources only: a SavedModel is a TensorFlow graph and can read and
+write files when it runs.
+"""

@@ -1,0 +1,203 @@
+"""The exported TensorFlow SavedModel: one ``tf.Module`` with three signatures.
+
+``serving_default(images) -> {logits, probabilities}``
+    ``images``: float32 ``[N, H, W, C]`` with pixels in [0, 1]; ``logits``/``probabilities``:
+    float32 ``[N, num_classes]``.
+``features(images) -> {<layer name>: activation, ...}``
+    The internal representations the model was distilled on (ARDIR's IR layers; the last
+    convolutional stage for other models), one output per layer, keyed by the layer name.
+``attack(images, labels, epsilon, steps) -> {adversarial_images, logits}``
+    PGD (Madry et al. 2018) on the cross-entropy of the true labels in the model's threat-model
+    norm: uniform random start in the ball, ``steps`` steps of size ``epsilon / 4`` (the step size
+    of the evaluation protocol's PGD-20), projection onto the ball and clipping to [0, 1] after
+    every step, model in inference mode. ``labels``: int32 ``[N]``; ``epsilon``: float32 scalar;
+    ``steps``: int32 scalar in ``[0, MAX_ATTACK_STEPS]``. ``logits`` are the model's logits on the
+    adversarial images.
+
+Every signature checks its inputs in the graph before the model runs and fails with a
+``tf.errors.InvalidArgumentError`` whose message names the expected shape: wrong rank, wrong
+height/width/channels, pixels outside [0, 1], labels of the wrong length or out of range, an
+epsilon outside the allowed range, a negative or too large step count. A wrong dtype is refused by
+TensorFlow itself when the signature is called (``... was expected to be a float tensor but is a
+uint8 tensor``). The image input is declared with an unknown shape precisely so that a wrong rank
+reaches these checks instead of failing deep inside a convolution.
+
+The module also keeps ``serve``, ``features`` and ``attack`` as restored ``tf.function``
+attributes: ``tf.saved_model.load(path).serve(x)`` accepts NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from ardir_tf.attacks.pgd import pgd
+from ardir_tf.models import feature_model
+
+#: Largest ``steps`` the ``attack`` signature accepts (a guard against a runaway request).
+MAX_ATTACK_STEPS = 1000
+#: The ``attack`` signature's step size as a fraction of epsilon.
+ATTACK_STEP_FRACTION = 0.25
+SIGNATURES = ("serving_default", "features", "attack")
+
+
+def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
+    """Runtime checks of an image batch; returns it with the static shape ``[None, H, W, C]``."""
+    h, w, c = (int(d) for d in input_shape)
+    expected = f"[N, {h}, {w}, {c}] (N images of {h}x{w} pixels with {c} channel{'s' if c != 1 else ''})"
+    rank = tf.rank(images)
+    checks = [
+        tf.debugging.Assert(
+            tf.equal(rank, 4),
+            [f"images must have shape {expected}; got a tensor of rank", rank],
+            name="check_rank",
+        )
+    ]
+    with tf.control_dependencies(checks):
+        # Padding the shape keeps the next check valid (and unevaluated) for a lower rank.
+        shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[:4]
+        ok_size = tf.logical_and(tf.equal(shape[1], h), tf.equal(shape[2], w))
+        checks.append(
+            tf.debugging.Assert(ok_size, [f"images must have shape {expected}; got shape", tf.shape(images)],
+                                name="check_size")
+        )
+        checks.append(
+            tf.debugging.Assert(
+                tf.equal(shape[3], c),
+                [f"images must have {c} channel{'s' if c != 1 else ''} (shape {expected}); got shape",
+                 tf.shape(images)],
+                name="check_channels",
+            )
+        )
+    with tf.control_dependencies(checks):
+        low = tf.reduce_min(images)
+        high = tf.reduce_max(images)
+        in_range = tf.logical_or(tf.equal(tf.size(images), 0),
+                                 tf.logical_and(tf.greater_equal(low, 0.0), tf.less_equal(high, 1.0)))
+        checks.append(
+            tf.debugging.Assert(
+                in_range,
+                ["image pixels must lie in [0, 1] (divide 0..255 pixels by 255); got min", low, "max", high],
+                name="check_range",
+            )
+        )
+    with tf.control_dependencies(checks):
+        images = tf.identity(images)
+    return tf.ensure_shape(images, [None, h, w, c])
+
+
+class ExportModule(tf.Module):
+    """Wraps a Keras classifier into the three exported signatures.
+
+    Args:
+        model: a float32 functional Keras classifier ``[N, H, W, C] -> logits [N, K]``.
+        input_shape: ``(H, W, C)`` of one image.
+        ir_layers: names of the layers the ``features`` signature returns.
+        norm: threat-model norm of the ``attack`` signature, ``"linf"`` or ``"l2"``.
+    """
+
+    def __init__(self, model: keras.Model, input_shape: Sequence[int], ir_layers: Sequence[str], norm: str = "linf"):
+        super().__init__(name="ardir_export")
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {norm!r}; use linf or l2")
+        self._model = model
+        self._features_model = feature_model(model, list(ir_layers))
+        self._ir_layers = list(ir_layers)
+        self._input_shape = tuple(int(d) for d in input_shape)
+        self._norm = norm
+        self._num_classes = int(model.outputs[0].shape[-1])
+        # Explicit tracking so every weight is saved whatever Keras' own tracking does.
+        self._weights = list(model.variables)
+
+        image_spec = tf.TensorSpec(shape=None, dtype=tf.float32, name="images")
+        self.serve = tf.function(self._serve, input_signature=[image_spec])
+        self.features = tf.function(self._features, input_signature=[image_spec])
+        self.attack = tf.function(
+            self._attack,
+            input_signature=[
+                image_spec,
+                tf.TensorSpec(shape=None, dtype=tf.int32, name="labels"),
+                tf.TensorSpec(shape=None, dtype=tf.float32, name="epsilon"),
+                tf.TensorSpec(shape=None, dtype=tf.int32, name="steps"),
+            ],
+        )
+
+    # The wrapped functions -------------------------------------------------------------------
+    def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = _checked_images(images, self._input_shape)
+        logits = tf.cast(self._model(x, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    def _features(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = _checked_images(images, self._input_shape)
+        outputs = self._features_model(x, training=False)
+        return {name: tf.cast(t, tf.float32) for name, t in zip(self._ir_layers, outputs[1:])}
+
+    def _attack(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor, steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = _checked_images(images, self._input_shape)
+        n = tf.shape(x)[0]
+        k = self._num_classes
+        eps_max = 1.0 if self._norm == "linf" else float("inf")
+        checks = [
+            tf.debugging.Assert(tf.equal(tf.rank(labels), 1),
+                                ["labels must be int32 class indices of shape [N]; got shape", tf.shape(labels)]),
+            tf.debugging.Assert(tf.equal(tf.rank(epsilon), 0),
+                                ["epsilon must be a float32 scalar; got shape", tf.shape(epsilon)]),
+            tf.debugging.Assert(tf.equal(tf.rank(steps), 0),
+                                ["steps must be an int32 scalar; got shape", tf.shape(steps)]),
+        ]
+        with tf.control_dependencies(checks):
+            labels = tf.reshape(labels, [-1])
+            epsilon = tf.reshape(epsilon, [])
+            steps = tf.reshape(steps, [])
+            checks += [
+                tf.debugging.Assert(tf.equal(tf.size(labels), n),
+                                    ["labels must hold one label per image; got", tf.size(labels), "labels for", n,
+                                     "images"]),
+                tf.debugging.Assert(
+                    tf.logical_or(tf.equal(tf.size(labels), 0),
+                                  tf.logical_and(tf.reduce_min(labels) >= 0, tf.reduce_max(labels) < k)),
+                    [f"labels must be class indices in [0, {k}); got min", tf.reduce_min(labels), "max",
+                     tf.reduce_max(labels)]),
+                tf.debugging.Assert(
+                    tf.logical_and(tf.greater_equal(epsilon, 0.0), tf.less_equal(epsilon, eps_max)),
+                    [f"epsilon must lie in [0, {eps_max:g}] ({self._norm} radius in [0, 1] pixel units); got",
+                     epsilon]),
+                tf.debugging.Assert(
+                    tf.logical_and(steps >= 0, steps <= MAX_ATTACK_STEPS),
+                    [f"steps must lie in [0, {MAX_ATTACK_STEPS}]; got", steps]),
+            ]
+        with tf.control_dependencies(checks):
+            x = tf.identity(x)
+        x_adv = pgd(
+            self._model, x, labels, epsilon=epsilon, step_size=ATTACK_STEP_FRACTION * epsilon, steps=steps,
+            norm=self._norm, random_start="uniform", objective="ce", training=False,
+        )
+        x_adv = tf.ensure_shape(x_adv, [None, *self._input_shape])
+        logits = tf.cast(self._model(x_adv, training=False), tf.float32)
+        return {"adversarial_images": x_adv, "logits": logits}
+
+    # Saving -------------------------------------------------------------------------------------
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """The concrete functions saved as the SavedModel's signatures."""
+        return {
+            "serving_default": self.serve.get_concrete_function(),
+            "features": self.features.get_concrete_function(),
+            "attack": self.attack.get_concrete_function(),
+        }
+
+
+def save(model: keras.Model, path: str, input_shape: Sequence[int], ir_layers: Sequence[str], norm: str = "linf") -> None:
+    """Writes the SavedModel of ``model`` with the three signatures to directory ``path``.
+
+    Args:
+        model: a float32 functional Keras classifier taking [0, 1] images.
+        path: the SavedModel directory to create.
+        input_shape: ``(H, W, C)``.
+        ir_layers: layer names of the ``features`` signature.
+        norm: threat-model norm of the ``attack`` signature.
+    """
+    module = ExportModule(model, input_shape, ir_layers, norm)
+    tf.saved_model.save(module, path, signatures=module.signatures())

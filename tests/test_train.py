@@ -1,0 +1,151 @@
+"""The training CLI: clear errors with exit status 2, shipped flagfiles, resume, and robustness
+of every method on a short mnist5k run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from ardir_tf import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
+TINY = ["--model_options=width=4", "--train_examples=256", "--batch_size=64", "--attack_steps=2",
+        "--val_examples=0", "--eval_examples=40", "--eval_attacks=fgsm", "--progress=none"]
+
+
+def run_cli(args, cwd, module="ardir_tf.train"):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                          timeout=900)
+
+
+def error_line(proc):
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--method=nope"], "method"),
+        (["--method=pgd_at", "--epsilon=-0.5"], "epsilon"),
+        (["--method=pgd_at", "--epsilon=1.5"], "epsilon"),
+        (["--method=pgd_at", "--attack_steps=0"], "attack_steps"),
+        (["--method=pgd_at", "--attack_step_size=0"], "attack_step_size"),
+        (["--method=pgd_at", "--model=nope"], "unknown model"),
+        (["--method=pgd_at", "--dataset=nope"], "nope"),
+        (["--method=ard", "--teacher=/does/not/exist.keras"], "does not exist"),
+        (["--flagfile=nope.flags"], "nope.flags"),
+        (["--method=pgd_at", "--dataset=cifar10", "--data_dir=EMPTY"], "not"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
+    args = [a.replace("EMPTY", str(tmp_path / "tfds")) for a in args]
+    line = error_line(run_cli([*args, f"--workdir={tmp_path / 'w'}"], tmp_path))
+    assert expected in line
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    bad = tmp_path / "teacher.keras"
+    bad.write_bytes(b"not a zip archive")
+    line = error_line(run_cli(["--method=ardir", f"--teacher={bad}", f"--workdir={tmp_path / 'w'}"], tmp_path))
+    assert "not a loadable .keras model" in line
+
+
+def test_shipped_flagfiles_resolve_from_any_directory(tmp_path):
+    # cifar.flags names a teacher under runs/ that this fresh directory does not have.
+    line = error_line(run_cli(["--flagfile=cifar.flags"], tmp_path))
+    assert "runs/cifar_teacher/model.keras" in line
+
+
+def test_unknown_layer_lists_the_layers(tmp_path):
+    teacher = keras_model(tmp_path)
+    line = error_line(run_cli(["--method=ardir", f"--teacher={teacher}", "--ir_layers=nope",
+                               f"--workdir={tmp_path / 'w'}", *TINY], tmp_path))
+    assert "nope" in line and "stage2" in line
+
+
+def keras_model(tmp_path, width=4):
+    from ardir_tf import models
+
+    path = tmp_path / "teacher.keras"
+    models.get("small_cnn", 10, (28, 28, 1), width=width).save(path)
+    return str(path)
+
+
+def test_workdir_with_other_settings_is_refused(tmp_path):
+    work = tmp_path / "w"
+    assert run_cli(["--method=pgd_at", f"--workdir={work}", "--epochs=1", *TINY], tmp_path).returncode == 0
+    line = error_line(run_cli(["--method=pgd_at", f"--workdir={work}", "--epochs=1", "--seed=7", *TINY], tmp_path))
+    assert "different settings" in line and "seed" in line
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    common = [*TINY, "--deterministic", "--method=ardir", "--lr_schedule=constant"]
+    proc = run_cli(["--method=pgd_at", f"--workdir={teacher_dir}", "--epochs=1", *TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    teacher = f"--teacher={teacher_dir / 'model.keras'}"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli([*common, teacher, f"--workdir={straight}", "--epochs=3"], tmp_path).returncode == 0
+    # The same run stopped after epoch 1, then the same command again with the full epoch count.
+    assert run_cli([*common, teacher, f"--workdir={resumed}", "--epochs=1"], tmp_path).returncode == 0
+    proc = run_cli([*common, teacher, f"--workdir={resumed}", "--epochs=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming after epoch 1" in proc.stdout
+    a = keras.models.load_model(straight / "model.keras").get_weights()
+    b = keras.models.load_model(resumed / "model.keras").get_weights()
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    with open(resumed / "history.csv") as f:
+        assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch
+
+
+ROBUST_SETTINGS = dict(
+    dataset="mnist5k", data_dir=None, model="small_cnn", model_options="width=8", epochs=2, batch_size=32,
+    train_examples=1500, val_examples=0, eval_examples=300, eval_attacks=["pgd20"], optimizer="adam",
+    learning_rate=1e-3, momentum=0.9, lr_schedule="constant", lr_decay_epochs=[], lr_decay_factor=0.1,
+    weight_decay=0.0, weight_decay_mode="l2", epsilon=0.1, attack_steps=5, attack_step_size=0.03, norm="linf",
+    random_start=None, attack_bn_training=False, eval_attack_steps=None, trades_beta=6.0, temperature=None,
+    alpha=1.0, kl_reduction=None, rslad_adversarial_weight=5 / 6, iad_beta=0.1, iad_begin=1, ir_layers=[],
+    ir_weights=[], gamma=1.0, ir_distance="normalized_mse", teacher_ir_input="natural", ardir_base="ard",
+    attack_objective="ce", seed=0, deterministic=False, progress="none", verbose=False,
+)
+
+
+@pytest.fixture(scope="module")
+def robust_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    results = {"teacher": train.train_and_evaluate(dict(ROBUST_SETTINGS, method="pgd_at", epochs=3), str(root / "teacher"))}
+    teacher = str(root / "teacher" / "model.keras")
+    for method in ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir"):
+        settings = dict(ROBUST_SETTINGS, method=method)
+        if method == "ard":
+            settings["temperature"] = 1.0  # t=30 needs the long reference schedule; this run is 2 epochs
+        results[method] = train.train_and_evaluate(settings, str(root / method), teacher)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "ard", "rslad", "iad", "ardir"])
+def test_adversarial_training_is_far_more_robust_than_standard(robust_runs, method):
+    standard = robust_runs["standard"]["robust_accuracy"]["pgd20"]
+    robust = robust_runs[method]["robust_accuracy"]["pgd20"]
+    assert robust_runs["standard"]["natural_accuracy"] > 0.85
+    assert robust >= standard + 0.25, (method, robust, standard)
+
+
+@pytest.mark.slow
+def test_results_json_schema(robust_runs, tmp_path):
+    r = robust_runs["ardir"]
+    assert {"natural_accuracy", "robust_accuracy", "epsilon", "norm", "examples", "dataset", "per_class"} <= set(r)
+    assert r["examples"] == 300 and r["dataset"] == "mnist5k" and r["epsilon"] == pytest.approx(0.1)
+    assert len(r["per_class"]) == 10 and r["training"]["method"] == "ardir"
