@@ -16,9 +16,11 @@ left as it was); 2 on bad input (flags, files, data), with a one-line ``error:``
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
-from absl import flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -49,6 +51,10 @@ def main(argv) -> None:
     from export import atomic
 
     atomic.check_destination(FLAGS.out, FLAGS.overwrite)  # fail fast, before TensorFlow loads
+    if not os.path.isfile(FLAGS.model):
+        raise ValueError(f"model file {FLAGS.model!r} does not exist")
+    if not FLAGS.verbose:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's and tf2onnx's Python info lines
 
     from export import exporter
     from export.verify import VerificationError
@@ -64,8 +70,36 @@ def main(argv) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    from ardir_tf import cli
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        _fail(str(err).splitlines()[0])
+    return []
+
+
+def run() -> None:
+    """``absl.app.run`` with the project's CLI conventions (those of ``ardir_tf.cli.run``): bad
+    flags, ``ValueError`` and ``OSError`` print one ``error:`` line and exit with status 2
+    (``--verbose`` adds the traceback). Written here rather than imported from ``ardir_tf.cli``
+    because importing ``ardir_tf`` loads TensorFlow, and a bad ``--out`` should fail at once."""
+
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except (ValueError, OSError) as err:
+            if FLAGS.is_parsed() and FLAGS.verbose:
+                traceback.print_exc()
+            _fail(" ".join(str(err).split()) or type(err).__name__)
+
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    run()

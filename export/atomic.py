@@ -44,7 +44,11 @@ def make_temporary(out: str) -> str:
     """Creates and returns the temporary sibling directory ``OUT.tmp-XXXX`` of ``out``."""
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"{os.path.basename(out)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f"{os.path.basename(out)}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the bundle gets the usual permissions
+    return tmp
 
 
 def publish(tmp: str, out: str, overwrite: bool) -> None:

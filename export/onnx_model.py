@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -43,6 +44,18 @@ def _tf2onnx_version() -> str:
     import tf2onnx
 
     return tf2onnx.__version__
+
+
+def _rename(graph, old: str, new: str) -> None:
+    """Renames tensor ``old`` to ``new`` everywhere in an ONNX graph."""
+    for node in graph.node:
+        for field in (node.input, node.output):
+            for i, name in enumerate(field):
+                if name == old:
+                    field[i] = new
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        if info.name == old:
+            info.name = new
 
 
 def convert(
@@ -76,7 +89,25 @@ def convert(
         return {"logits": tf.identity(logits, name="logits"),
                 "probabilities": tf.nn.softmax(logits, axis=-1, name="probabilities")}
 
-    proto, _ = tf2onnx.convert.from_function(inference, input_signature=spec, opset=opset)
+    # Freeze first: tf2onnx's from_function would turn tensors the model captures by value (e.g. the
+    # mean/variance that keras.layers.Normalization keeps as constants) into extra graph inputs.
+    concrete = inference.get_concrete_function()
+    frozen = convert_variables_to_constants_v2(concrete)
+    output_keys = sorted(concrete.structured_outputs)  # the flattening order of a dict
+    (image_input,) = frozen.inputs
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel("ERROR")  # tf2onnx calls TF1 graph utilities that log deprecation warnings
+    try:
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[image_input.name],
+            output_names=[t.name for t in frozen.outputs], opset=opset,
+        )
+    finally:
+        tf_logger.setLevel(level)
+    _rename(proto.graph, image_input.name, "images")
+    for key, tensor in zip(output_keys, frozen.outputs):
+        _rename(proto.graph, tensor.name, key)
     names_in = [i.name for i in proto.graph.input]
     names_out = sorted(o.name for o in proto.graph.output)
     if names_in != ["images"] or names_out != ["logits", "probabilities"]:

@@ -47,30 +47,14 @@ def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
     """Runtime checks of an image batch; returns it with the static shape ``[None, H, W, C]``."""
     h, w, c = (int(d) for d in input_shape)
     expected = f"[N, {h}, {w}, {c}] (N images of {h}x{w} pixels with {c} channel{'s' if c != 1 else ''})"
-    rank = tf.rank(images)
+    # Padding the shape to 4 entries keeps the comparison valid for a lower rank.
+    shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[:4]
+    ok_shape = tf.reduce_all(tf.stack([tf.equal(tf.rank(images), 4), tf.equal(shape[1], h),
+                                       tf.equal(shape[2], w), tf.equal(shape[3], c)]))
     checks = [
-        tf.debugging.Assert(
-            tf.equal(rank, 4),
-            [f"images must have shape {expected}; got a tensor of rank", rank],
-            name="check_rank",
-        )
+        tf.debugging.Assert(ok_shape, [f"images must have shape {expected}; got shape", tf.shape(images)],
+                            summarize=16, name="check_image_shape")
     ]
-    with tf.control_dependencies(checks):
-        # Padding the shape keeps the next check valid (and unevaluated) for a lower rank.
-        shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], 0)[:4]
-        ok_size = tf.logical_and(tf.equal(shape[1], h), tf.equal(shape[2], w))
-        checks.append(
-            tf.debugging.Assert(ok_size, [f"images must have shape {expected}; got shape", tf.shape(images)],
-                                name="check_size")
-        )
-        checks.append(
-            tf.debugging.Assert(
-                tf.equal(shape[3], c),
-                [f"images must have {c} channel{'s' if c != 1 else ''} (shape {expected}); got shape",
-                 tf.shape(images)],
-                name="check_channels",
-            )
-        )
     with tf.control_dependencies(checks):
         low = tf.reduce_min(images)
         high = tf.reduce_max(images)
@@ -80,7 +64,7 @@ def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
             tf.debugging.Assert(
                 in_range,
                 ["image pixels must lie in [0, 1] (divide 0..255 pixels by 255); got min", low, "max", high],
-                name="check_range",
+                name="check_image_range",
             )
         )
     with tf.control_dependencies(checks):
@@ -142,11 +126,14 @@ class ExportModule(tf.Module):
         eps_max = 1.0 if self._norm == "linf" else float("inf")
         checks = [
             tf.debugging.Assert(tf.equal(tf.rank(labels), 1),
-                                ["labels must be int32 class indices of shape [N]; got shape", tf.shape(labels)]),
+                                ["labels must be int32 class indices of shape [N]; got shape", tf.shape(labels)],
+                                name="check_labels_rank"),
             tf.debugging.Assert(tf.equal(tf.rank(epsilon), 0),
-                                ["epsilon must be a float32 scalar; got shape", tf.shape(epsilon)]),
+                                ["epsilon must be a float32 scalar; got shape", tf.shape(epsilon)],
+                                name="check_epsilon_rank"),
             tf.debugging.Assert(tf.equal(tf.rank(steps), 0),
-                                ["steps must be an int32 scalar; got shape", tf.shape(steps)]),
+                                ["steps must be an int32 scalar; got shape", tf.shape(steps)],
+                                name="check_steps_rank"),
         ]
         with tf.control_dependencies(checks):
             labels = tf.reshape(labels, [-1])
@@ -155,19 +142,19 @@ class ExportModule(tf.Module):
             checks += [
                 tf.debugging.Assert(tf.equal(tf.size(labels), n),
                                     ["labels must hold one label per image; got", tf.size(labels), "labels for", n,
-                                     "images"]),
+                                     "images"], name="check_labels_count"),
                 tf.debugging.Assert(
                     tf.logical_or(tf.equal(tf.size(labels), 0),
                                   tf.logical_and(tf.reduce_min(labels) >= 0, tf.reduce_max(labels) < k)),
                     [f"labels must be class indices in [0, {k}); got min", tf.reduce_min(labels), "max",
-                     tf.reduce_max(labels)]),
+                     tf.reduce_max(labels)], name="check_labels_range"),
                 tf.debugging.Assert(
                     tf.logical_and(tf.greater_equal(epsilon, 0.0), tf.less_equal(epsilon, eps_max)),
                     [f"epsilon must lie in [0, {eps_max:g}] ({self._norm} radius in [0, 1] pixel units); got",
-                     epsilon]),
+                     epsilon], name="check_epsilon"),
                 tf.debugging.Assert(
                     tf.logical_and(steps >= 0, steps <= MAX_ATTACK_STEPS),
-                    [f"steps must lie in [0, {MAX_ATTACK_STEPS}]; got", steps]),
+                    [f"steps must lie in [0, {MAX_ATTACK_STEPS}]; got", steps], name="check_steps"),
             ]
         with tf.control_dependencies(checks):
             x = tf.identity(x)

@@ -175,9 +175,10 @@ def verify(
                 failures.append(f"features: layer {name!r} missing or of shape "
                                 f"{None if g is None else g.shape} instead of {r.shape}")
                 continue
-            scale = max(1.0, float(np.max(np.abs(r))))
-            d = float(np.max(np.abs(r - g)))
-            layers[name] = {"shape": list(r.shape[1:]), "max_abs_diff": d, "max_abs_activation": scale}
+            peak = float(np.max(np.abs(r))) if r.size else 0.0
+            scale = max(1.0, peak)
+            d = float(np.max(np.abs(r - g))) if r.size else 0.0
+            layers[name] = {"shape": list(r.shape[1:]), "max_abs_diff": d, "max_abs_activation": peak}
             if not d <= tolerance * scale:
                 failures.append(f"features: layer {name!r} differs by {d:.3g} > {tolerance:g} * {scale:.3g}")
         report["features"] = {"examples": n, "layers": layers}

