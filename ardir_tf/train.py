@@ -32,9 +32,10 @@ _PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 _RESUMABLE_CHANGES = ("epochs", "verbose", "progress", "workdir", "eval_examples", "eval_attacks", "teacher_epochs")
 
 
-def define_flags() -> None:
-    """Defines the training flags (called by the CLI only, so importing this module is side-effect free)."""
-    D = flags
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines the training flags in ``flag_values`` (the CLI calls it, so importing this module
+    defines no flags)."""
+    D = _Definer(flag_values)
     D.DEFINE_enum("method", "ardir", list(methods.METHODS), "Training method.")
     D.DEFINE_string("dataset", "mnist5k", "Dataset: cifar10, cifar100, svhn_cropped, mnist, fashion_mnist, mnist5k or npz:PATH.")
     D.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
@@ -89,6 +90,22 @@ def define_flags() -> None:
     D.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (bitwise-reproducible, slower).")
     D.DEFINE_enum("progress", "bar", list(_PROGRESS), "Progress output: a Keras progress bar, one line per epoch, or none.")
     D.DEFINE_bool("verbose", False, "Show the traceback of an error, not just its one-line message.")
+
+
+class _Definer:
+    """``flags.DEFINE_*`` bound to one ``FlagValues`` (so tests can parse flagfiles in isolation)."""
+
+    def __init__(self, flag_values: flags.FlagValues):
+        self._fv = flag_values
+
+    def __getattr__(self, name):
+        define = getattr(flags, name)
+        return lambda *a, **k: define(*a, flag_values=self._fv, **k)
+
+
+def settings_from_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
+    """The parsed training flags as a plain dict (the form :func:`run` takes)."""
+    return {name: flag_values[name].value for name in _FLAG_NAMES}
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -345,28 +362,39 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     return results
 
 
-def main(argv) -> None:
-    del argv
-    values = {name: FLAGS[name].value for name in _flag_names()}
+def run(values: dict[str, Any]) -> dict[str, dict]:
+    """Runs what the flags ask for; returns ``{row name: results}`` (teacher first when trained).
+
+    A distillation method without ``teacher`` trains one with ``teacher_method`` in
+    ``WORKDIR/teacher`` (or reuses it) first.
+    """
+    values = dict(values)
     workdir = values.pop("workdir")
     teacher_path = values.pop("teacher")
+    teacher_method = values.pop("teacher_method")
     rows = {}
     if values["method"] in methods.DISTILLATION_METHODS and not teacher_path:
-        teacher_values = dict(values, method=values.pop("teacher_method"),
-                              model=values.get("teacher_model") or values["model"],
+        teacher_values = dict(values, method=teacher_method, model=values["teacher_model"] or values["model"],
                               epochs=values["teacher_epochs"] or values["epochs"])
         teacher_dir = os.path.join(workdir, "teacher")
         rows["teacher"] = train_and_evaluate(teacher_values, teacher_dir)
         teacher_path = os.path.join(teacher_dir, "model.keras")
-    else:
-        values.pop("teacher_method")
     rows[values["method"]] = train_and_evaluate(values, workdir, teacher_path)
-    print(evaluate_lib.format_table(rows))
+    return rows
 
 
-def _flag_names() -> list[str]:
-    return [f.name for f in FLAGS.get_flags_for_module(__name__ if __name__ != "__main__" else "__main__")] or []
+def main(argv) -> None:
+    del argv
+    print(evaluate_lib.format_table(run(settings_from_flags())))
 
+
+def _names() -> list[str]:
+    scratch = flags.FlagValues()
+    define_flags(scratch)
+    return [name for name in scratch]
+
+
+_FLAG_NAMES = _names()
 
 if __name__ == "__main__":
     from ardir_tf import cli
