@@ -8,20 +8,35 @@ float32 and returns a dict (written as ``results.json`` by training and by this 
 attack, the evaluation protocol's robust accuracy), ``per_class`` (a list, one entry per class:
 ``class``, ``name``, ``examples``, ``natural_accuracy``, ``robust_accuracy`` under all attacks),
 ``worst_class`` (the entry with the lowest robust accuracy), ``attacks`` (attack name -> its
-settings and seconds), ``schema_version``.
+settings and seconds), ``warnings`` (a list of one-line signs of gradient masking, see
+:func:`ardir_tf.report.masking_warnings`), ``schema_version``.
+
+Attacks (:data:`ATTACKS`): ``fgsm``, ``pgd20``, ``cw`` (PGD on the CW margin) and the AutoAttack
+family written in TensorFlow (:mod:`ardir_tf.attacks.autoattack`): ``autoattack`` (the standard
+ensemble: APGD-CE, APGD-T, FAB-T, Square; an example is robust only if it survives all four) and
+its members alone: ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``. For ``autoattack``,
+``robust_accuracy`` also holds ``autoattack/<member>``: the accuracy after each member
+(cumulative), and ``attacks["autoattack"]["members"]`` each member's seconds. With
+``masking_check`` (on by default when ``autoattack`` runs) the result also holds
+``masking_check``: PGD's accuracy at a radius where it must be ~0.
+
+A sweep over radii (:func:`evaluate_sweep`, CLI ``--epsilons``) adds ``sweep``: one entry per
+radius with ``epsilon``, ``natural_accuracy``, ``robust_accuracy`` and ``per_class``.
 
 CLI::
 
     python -m ardir_tf.evaluate --model=runs/x/model.keras --dataset=mnist5k --epsilon=0.3 \\
-        --attacks=fgsm,pgd20,cw --examples=1000 --output=results.json
+        --attacks=fgsm,pgd20,cw,autoattack --examples=1000 --output=results.json \\
+        --epsilons=0.1,0.2,0.3,0.4 --report_dir=report/
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -49,14 +64,45 @@ class AttackSpec:
                 "objective": obj}
 
 
+@dataclasses.dataclass(frozen=True)
+class AutoAttackSpec:
+    """A named attack of the AutoAttack family: ``members`` run in order, each on the examples that
+    survived the previous ones (:class:`ardir_tf.attacks.autoattack.AutoAttack`)."""
+
+    name: str
+    members: tuple
+
+    def settings(self) -> dict:
+        from ardir_tf.attacks.autoattack import AutoAttack
+
+        return AutoAttack(None, attacks=self.members).settings()
+
+
 #: The protocol's attacks (shared/method.md): FGSM; PGD-20 (uniform start, eta = eps/4);
-#: CW-inf = PGD on the margin loss with kappa 50, 30 steps (uniform start, eta = eps/4).
-ATTACKS: dict[str, AttackSpec] = {
+#: CW-inf = PGD on the margin loss with kappa 50, 30 steps (uniform start, eta = eps/4);
+#: AutoAttack "standard" and its members alone.
+ATTACKS: dict[str, Union[AttackSpec, AutoAttackSpec]] = {
     "fgsm": AttackSpec("fgsm", 1, 1.0, "none"),
     "pgd20": AttackSpec("pgd20", 20, 0.25, "uniform"),
     "cw": AttackSpec("cw", 30, 0.25, "uniform", cw_objective),
+    "autoattack": AutoAttackSpec("autoattack", ("apgd-ce", "apgd-t", "fab-t", "square")),
+    "apgd-ce": AutoAttackSpec("apgd-ce", ("apgd-ce",)),
+    "apgd-t": AutoAttackSpec("apgd-t", ("apgd-t",)),
+    "fab-t": AutoAttackSpec("fab-t", ("fab-t",)),
+    "square": AutoAttackSpec("square", ("square",)),
 }
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "cw")
+
+#: The gradient-masking check: PGD with 50 steps of eps/10 at a radius where the all-0.5 gray image
+#: lies in every example's ball (L-inf 0.5, L2 0.5 * sqrt(pixels)), so accuracy must fall to ~0.
+MASKING_CHECK_STEPS = 50
+
+
+def masking_check_epsilon(norm: str, input_shape: Sequence[int]) -> float:
+    """The radius of the masking check: 0.5 (L-inf) or ``0.5 * sqrt(H * W * C)`` (L2)."""
+    if norm == "linf":
+        return 0.5
+    return 0.5 * math.sqrt(float(np.prod(input_shape)))
 
 
 def float32_model(model: keras.Model) -> keras.Model:
@@ -91,6 +137,39 @@ def _batched_predictions(fn: Callable, x: np.ndarray, y: np.ndarray, batch_size:
     return np.concatenate(preds) if preds else np.zeros((0,), np.int64)
 
 
+def _pgd_fn(model, epsilon, norm, steps, step_fraction, random_start, objective, cache=None, key=None):
+    """A compiled ``(x, y) -> predictions at the PGD point``; the trace is shared across radii
+    through ``cache[key]`` (the radius is a tensor argument)."""
+    if cache is None or key not in cache:
+        @tf.function(reduce_retracing=True)
+        def attack_fn(xb, yb, eps):
+            x_adv = pgd(model, xb, yb, epsilon=eps, step_size=step_fraction * eps, steps=steps,
+                        norm=norm, random_start=random_start, objective=objective, training=False)
+            return tf.argmax(model(x_adv, training=False), axis=-1)
+
+        if cache is None:
+            cache = {}
+        cache[key] = attack_fn
+    compiled = cache[key]
+    eps_t = tf.constant(epsilon, tf.float32)
+    return lambda xb, yb: compiled(xb, yb, eps_t)
+
+
+class _AutoAttackProgress:
+    """One Keras progress bar per AutoAttack member."""
+
+    def __init__(self, title: str, verbose: int):
+        self.title, self.verbose, self.bars = title, verbose, {}
+
+    def __call__(self, member: str, done: int, total: int):
+        if not self.verbose:
+            return
+        if member not in self.bars:
+            print(f"{self.title}: {member}" if self.title != member else member + ":")
+            self.bars[member] = keras.utils.Progbar(max(total, 1), unit_name="example")
+        self.bars[member].update(min(done, total))
+
+
 def evaluate(
     model: keras.Model,
     x: np.ndarray,
@@ -104,6 +183,7 @@ def evaluate(
     class_names: Optional[Sequence[str]] = None,
     seed: int = 0,
     verbose: int = 1,
+    masking_check: Optional[bool] = None,
 ) -> dict:
     """Natural and robust accuracy of ``model`` on ``(x, y)`` in the documented schema.
 
@@ -112,26 +192,47 @@ def evaluate(
         x: ``[N, H, W, C]`` float32 images in [0, 1].
         y: ``[N]`` int labels.
         epsilon: radius of the threat model (L-inf: pixel units of [0, 1]).
-        attacks: names in :data:`ATTACKS` (``fgsm``, ``pgd20``, ``cw``).
+        attacks: names in :data:`ATTACKS` (``fgsm``, ``pgd20``, ``cw``, ``autoattack``,
+            ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``).
         norm: ``"linf"`` or ``"l2"``.
         batch_size: examples per attack batch.
         dataset: name recorded in the result.
         class_names: names recorded per class (default ``"0"..``).
         seed: seed of the attacks' random starts.
-        verbose: 1 shows a progress bar per attack.
+        verbose: 1 shows a progress bar per attack (per member for AutoAttack).
+        masking_check: also run PGD at a radius where accuracy must reach ~0
+            (:func:`masking_check_epsilon`); ``None``: only when ``autoattack`` is run.
 
     Returns:
         The results dict described in this module's docstring.
     """
+    return _evaluate(model, x, y, epsilon=epsilon, attacks=attacks, norm=norm, batch_size=batch_size,
+                     dataset=dataset, class_names=class_names, seed=seed, verbose=verbose,
+                     masking_check=masking_check, cache={})
+
+
+def _check_inputs(attacks, epsilon, norm, x, y):
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack(s) {', '.join(unknown)}; use any of {', '.join(ATTACKS)}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"unknown norm {norm!r}; use linf or l2")
     if not 0 <= epsilon <= (1 if norm == "linf" else np.inf):
         raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {epsilon}")
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int64)
     if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"expected images [N, H, W, C] and N labels, got {x.shape} and {y.shape}")
+    return x, y
+
+
+def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class_names, seed, verbose,
+              masking_check, cache) -> dict:
+    from ardir_tf import report
+    from ardir_tf.attacks.autoattack import AutoAttack
+
+    attacks = list(dict.fromkeys(attacks))
+    x, y = _check_inputs(attacks, epsilon, norm, x, y)
     model = float32_model(model)
     num_classes = int(model.outputs[0].shape[-1])
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -148,32 +249,36 @@ def evaluate(
         return keras.utils.Progbar(len(x), unit_name="example")
 
     correct = {"natural": _batched_predictions(natural_fn, x, y, batch_size, progress("natural")) == y}
-    timings = {}
+    timings, member_accuracy = {}, {}
     for name in attacks:
         spec = ATTACKS[name]
-
-        @tf.function(reduce_retracing=True)
-        def attack_fn(xb, yb, spec=spec):
-            x_adv = pgd(model, xb, yb, epsilon=epsilon, step_size=spec.step_fraction * epsilon, steps=spec.steps,
-                        norm=norm, random_start=spec.random_start, objective=spec.objective, training=False)
-            return tf.argmax(model(x_adv, training=False), axis=-1)
-
         start = time.perf_counter()
-        correct[name] = _batched_predictions(attack_fn, x, y, batch_size, progress(name)) == y
-        timings[name] = {**spec.settings(), "seconds": round(time.perf_counter() - start, 3)}
+        if isinstance(spec, AttackSpec):
+            fn = _pgd_fn(model, epsilon, norm, spec.steps, spec.step_fraction, spec.random_start, spec.objective,
+                         cache, ("pgd", name, norm))
+            correct[name] = _batched_predictions(fn, x, y, batch_size, progress(name)) == y
+            timings[name] = {**spec.settings(), "seconds": round(time.perf_counter() - start, 3)}
+            continue
+        key = ("autoattack", norm, spec.members, batch_size, seed)
+        if key not in cache:
+            cache[key] = AutoAttack(model, norm=norm, attacks=spec.members, batch_size=batch_size, seed=seed)
+        result = cache[key].run(x, y, epsilon, progress=_AutoAttackProgress(name, verbose))
+        correct[name] = result.robust
+        timings[name] = {**cache[key].settings(), "seconds": round(time.perf_counter() - start, 3),
+                         "members": {r.name: {"robust_accuracy": r.robust_accuracy, "seconds": r.seconds,
+                                              "attacked": r.attacked, "broken": r.broken} for r in result.records}}
+        if len(spec.members) > 1:
+            member_accuracy[name] = {f"{name}/{r.name}": r.robust_accuracy for r in result.records}
 
     robust_all = np.logical_and.reduce([correct[a] for a in ("natural", *attacks)])
-    per_class = []
-    for c in range(num_classes):
-        mask = y == c
-        n = int(mask.sum())
-        per_class.append({
-            "class": c, "name": names[c] if c < len(names) else str(c), "examples": n,
-            "natural_accuracy": float(correct["natural"][mask].mean()) if n else None,
-            "robust_accuracy": float(robust_all[mask].mean()) if n else None,
-        })
+    per_class = _per_class(y, correct["natural"], robust_all, num_classes, names)
     present = [e for e in per_class if e["examples"]]
-    return {
+    robust_accuracy = {}
+    for a in attacks:
+        robust_accuracy[a] = float(correct[a].mean())
+        robust_accuracy.update(member_accuracy.get(a, {}))
+    robust_accuracy["all"] = float(robust_all.mean())
+    results = {
         "schema_version": SCHEMA_VERSION,
         "dataset": dataset,
         "model": model.name,
@@ -181,11 +286,79 @@ def evaluate(
         "epsilon": float(epsilon),
         "norm": norm,
         "natural_accuracy": float(correct["natural"].mean()),
-        "robust_accuracy": {**{a: float(correct[a].mean()) for a in attacks}, "all": float(robust_all.mean())},
+        "robust_accuracy": robust_accuracy,
         "per_class": per_class,
         "worst_class": min(present, key=lambda e: e["robust_accuracy"]) if present else None,
         "attacks": timings,
     }
+    if masking_check or (masking_check is None and "autoattack" in attacks):
+        big = masking_check_epsilon(norm, x.shape[1:])
+        start = time.perf_counter()
+        fn = _pgd_fn(model, big, norm, MASKING_CHECK_STEPS, 0.1, "uniform", "ce", cache, ("pgd", "check", norm))
+        survived = (_batched_predictions(fn, x, y, batch_size, progress(f"masking check (PGD-50 at eps={big:g})"))
+                    == y) & correct["natural"]
+        results["masking_check"] = {"epsilon": big, "attack": "pgd50", "step_size": "0.1*eps",
+                                    "robust_accuracy": float(survived.mean()),
+                                    "seconds": round(time.perf_counter() - start, 3)}
+    results["warnings"] = report.masking_warnings(results)
+    return results
+
+
+def _per_class(y, natural, robust, num_classes, names) -> list:
+    per_class = []
+    for c in range(num_classes):
+        mask = y == c
+        n = int(mask.sum())
+        per_class.append({
+            "class": c, "name": names[c] if c < len(names) else str(c), "examples": n,
+            "natural_accuracy": float(natural[mask].mean()) if n else None,
+            "robust_accuracy": float(robust[mask].mean()) if n else None,
+        })
+    return per_class
+
+
+def evaluate_sweep(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epsilons: Sequence[float],
+    epsilon: Optional[float] = None,
+    masking_check: Optional[bool] = None,
+    **kwargs,
+) -> dict:
+    """:func:`evaluate` at ``epsilon`` (default: the largest of ``epsilons``) plus ``sweep``: the
+    natural, robust and per-class accuracies at every radius of ``epsilons`` (and ``epsilon``),
+    in increasing order. ``kwargs`` are those of :func:`evaluate`; the compiled attacks are shared
+    across radii. The warnings also look at the sweep (accuracy rising with eps, not ~0 at the end).
+    """
+    from ardir_tf import report
+
+    radii = sorted({float(e) for e in epsilons} | ({float(epsilon)} if epsilon is not None else set()))
+    if not radii:
+        raise ValueError("epsilons is empty")
+    main_eps = float(epsilon) if epsilon is not None else radii[-1]
+    kwargs.setdefault("attacks", DEFAULT_ATTACKS)
+    for key, default in (("norm", "linf"), ("batch_size", 200), ("dataset", ""), ("class_names", None),
+                         ("seed", 0), ("verbose", 1)):
+        kwargs.setdefault(key, default)
+    for e in radii:  # validate every radius before any attack runs
+        _check_inputs(list(kwargs["attacks"]), e, kwargs["norm"], x, y)
+    cache: dict = {}
+    main, sweep = None, []
+    for e in radii:
+        if kwargs["verbose"]:
+            print(f"== eps {e:g}")
+        r = _evaluate(model, x, y, epsilon=e, masking_check=masking_check if e == main_eps else False,
+                      cache=cache, **kwargs)
+        sweep.append({"epsilon": e, "natural_accuracy": r["natural_accuracy"],
+                      "robust_accuracy": r["robust_accuracy"], "per_class": r["per_class"],
+                      "seconds": round(sum(a["seconds"] for a in r["attacks"].values()), 3)})
+        if e == main_eps:
+            main = r
+    main["sweep"] = sweep
+    main["warnings"] = report.masking_warnings(main)
+    return main
 
 
 def write_json(results: dict, path: str) -> None:
@@ -228,25 +401,54 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
     flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
     flags.DEFINE_string("output", None, "Write the results JSON here.")
+    flags.DEFINE_list("epsilons", [], "Also evaluate at these radii (a sweep, e.g. 0.1,0.2,0.3,0.4); "
+                      "the results gain 'sweep' and the report a robust-accuracy-vs-eps plot.")
+    flags.DEFINE_string("report_dir", None, "Write results.json, report.md and PNG plots into this directory.")
+    flags.DEFINE_enum("masking_check", "auto", ["auto", "on", "off"],
+                      "Run PGD at a radius where accuracy must be ~0 (auto: when autoattack runs).")
     flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
+
+
+def _parse_epsilons(values: Sequence[str]) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            out.append(float(v))
+        except ValueError:
+            raise ValueError(f"--epsilons takes numbers, got {v!r}") from None
+    return out
 
 
 def main(argv) -> None:
     from absl import flags
 
-    from ardir_tf import data
+    from ardir_tf import data, report
     from ardir_tf.train import load_model_file
 
     FLAGS = flags.FLAGS
+    epsilons = _parse_epsilons(FLAGS.epsilons)
+    _check_inputs(FLAGS.attacks, FLAGS.epsilon, FLAGS.norm, np.zeros((1, 1, 1, 1)), np.zeros(1))
+    for e in epsilons:
+        _check_inputs(FLAGS.attacks, e, FLAGS.norm, np.zeros((1, 1, 1, 1)), np.zeros(1))
     model = load_model_file(FLAGS.model)
     info = data.get_info(FLAGS.dataset, FLAGS.data_dir)
     x, y = data.load_arrays(FLAGS.dataset, "test", FLAGS.data_dir, examples=FLAGS.examples)
-    results = evaluate(model, x, y, epsilon=FLAGS.epsilon, attacks=FLAGS.attacks, norm=FLAGS.norm,
-                       batch_size=FLAGS.batch_size, dataset=info.name, class_names=info.class_names, seed=FLAGS.seed)
+    masking = {"auto": None, "on": True, "off": False}[FLAGS.masking_check]
+    kwargs = dict(attacks=FLAGS.attacks, norm=FLAGS.norm, batch_size=FLAGS.batch_size, dataset=info.name,
+                  class_names=info.class_names, seed=FLAGS.seed, masking_check=masking)
+    if epsilons:
+        results = evaluate_sweep(model, x, y, epsilons=epsilons, epsilon=FLAGS.epsilon, **kwargs)
+    else:
+        results = evaluate(model, x, y, epsilon=FLAGS.epsilon, **kwargs)
     print(format_table({model.name: results}))
+    for warning in results.get("warnings", []):
+        print(f"WARNING: {warning}")
     if FLAGS.output:
         write_json(results, FLAGS.output)
         print(f"wrote {FLAGS.output}")
+    if FLAGS.report_dir:
+        paths = report.write_report(results, FLAGS.report_dir)
+        print(f"wrote the report into {FLAGS.report_dir}: {', '.join(sorted(paths))}")
 
 
 if __name__ == "__main__":

@@ -235,8 +235,6 @@ def test_fgsm_cw_objective_follows_the_margin_gradient_and_stops_at_kappa():
     np.testing.assert_array_equal(flat, x)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: validate() rejects step_size 0 even when epsilon is 0 "
-                                        "(fgsm/evaluate at eps=0 raise instead of returning x)")
 def test_zero_epsilon_attacks_return_x():
     model, _, _ = linear_model()
     x = images(2)
@@ -384,6 +382,24 @@ def test_seeded_start_noise_is_reproducible_and_unseeded_graph_noise_is_fresh():
         assert not np.array_equal(c, d), f"{norm} {kind}: the same noise on every call"
 
 
+@pytest.mark.parametrize("norm, kind", [("linf", "uniform"), ("linf", "normal"), ("l2", "uniform")])
+def test_stateless_seed_tensor_gives_the_same_noise_in_eager_and_graph(norm, kind):
+    model = tiny_conv_model(1)
+    x = np.full((2, 4, 4, 1), 0.5, np.float32)
+    y = np.array([0, 1])
+    start = functools.partial(pgd, model, epsilon=0.3, step_size=0.1, steps=0, norm=norm, random_start=kind)
+    a = start(x, y, seed=tf.constant([5, 11], tf.int64)).numpy()
+    b = start(x, y, seed=tf.constant([5, 11], tf.int64)).numpy()
+    graph = tf.function(lambda s: start(tf.constant(x), tf.constant(y), seed=s))
+    c = graph(tf.constant([5, 11], tf.int64)).numpy()
+    d = graph(tf.constant([5, 12], tf.int64)).numpy()  # the trainers' [seed, step]: a new step, new noise
+    assert not np.array_equal(a, x)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(c, a, atol=1e-7)
+    assert not np.array_equal(c, d)
+    assert np.abs(d - x).max() <= 0.3 + 1e-6
+
+
 def test_pgd_traces_with_tensor_epsilon_and_steps():
     model = tiny_conv_model(2)
 
@@ -426,8 +442,6 @@ def test_invalid_settings_raise_value_error(kwargs, match):
         pgd(model, images(1), np.array([0]), **args)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: pgd.validate() only checks Python int/float, so NumPy "
-                                        "scalars (e.g. np.float32(-0.1)) pass unchecked")
 @pytest.mark.parametrize("kwargs", [dict(epsilon=np.float32(-0.1)), dict(epsilon=np.float32(1.5)),
                                     dict(steps=np.int64(-1)), dict(step_size=np.float32(0.0))])
 def test_invalid_numpy_scalar_settings_raise_value_error(kwargs):

@@ -156,11 +156,12 @@ def test_bad_arguments_raise_value_error(trained_small_cnn, eval_data):
         ev.evaluate(trained_small_cnn, x[:, :, :, 0], y, epsilon=0.1, attacks=["fgsm"], verbose=0)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: eps=0 gives step size 0 and pgd's validate() raises")
 def test_zero_epsilon_robust_equals_natural(trained_small_cnn, eval_data):
     x, y = eval_data
-    r = ev.evaluate(trained_small_cnn, x[:20], y[:20], epsilon=0.0, attacks=["fgsm", "pgd20"], verbose=0)
+    r = ev.evaluate(trained_small_cnn, x[:20], y[:20], epsilon=0.0, attacks=["fgsm", "pgd20", "cw"], verbose=0)
     assert r["robust_accuracy"]["all"] == r["natural_accuracy"]
+    for name in ("fgsm", "pgd20", "cw"):
+        assert r["robust_accuracy"][name] == r["natural_accuracy"]
 
 
 def test_format_table(results):

@@ -96,6 +96,19 @@ def test_kl_temperature_softens_both_sides_without_t_squared(t):
         assert mean != pytest.approx(t * t * expected.mean(), rel=1e-2)
 
 
+def test_kl_keeps_its_digits_for_close_distributions_at_high_temperature():
+    # ARD's t = 30 between a teacher and a close student: KL ~ 1e-7, where a float32 computation
+    # loses most digits to cancellation. Compare with float64 NumPy to 1e-3 relative.
+    a = logits(b=8, c=10, scale=2.0)
+    b = a + 0.05 * RNG.standard_normal(a.shape).astype(np.float32)
+    expected = np_kl(np_softmax(a / 30.0), np_softmax(b / 30.0))
+    assert expected.max() < 1e-5
+    got = losses.kl_divergence(a, b, temperature=30.0, reduction="none").numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-3)
+    assert np.all(got > 0)
+
+
 def test_kl_high_temperature_goes_to_zero():
     a, b = logits(scale=5.0), logits(scale=5.0)
     kl1 = float(losses.kl_divergence(a, b, temperature=1.0))

@@ -7,9 +7,11 @@ exported SavedModel signature (``steps`` and ``epsilon`` may be tensors there).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ardir_tf.attacks import objectives as objectives_lib
@@ -20,7 +22,7 @@ _NORMAL_START_STD = 0.001  # TRADES/RSLAD: x + 0.001 * N(0, 1)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def validate(epsilon: Any, step_size: Any, steps: Any, norm: str, random_start: str) -> None:
@@ -33,16 +35,15 @@ def validate(epsilon: Any, step_size: Any, steps: Any, norm: str, random_start: 
         raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {epsilon}")
     if _is_number(steps) and (int(steps) != steps or steps < 0):
         raise ValueError(f"attack steps must be a non-negative integer, got {steps}")
-    if _is_number(step_size) and _is_number(steps) and steps > 0 and step_size <= 0:
+    zero_ball = _is_number(epsilon) and epsilon == 0
+    if _is_number(step_size) and _is_number(steps) and steps > 0 and step_size <= 0 and not zero_ball:
         raise ValueError(f"attack step size must be positive, got {step_size}")
 
 
 def _random(kind: str, shape, seed, salt: int, **kw) -> tf.Tensor:
     """Uniform or normal noise from ``seed``: ``None`` (stateful TF op), a
     ``keras.random.SeedGenerator``, or a stateless ``[2]`` integer seed tensor."""
-    if seed is None:
-        # Must stay a *stateful* op: keras.random with seed=None bakes one seed into a traced
-        # graph and would draw the same noise on every call.
+    if seed is None:  # fresh noise on every call, also inside a traced graph
         if kind == "uniform":
             return tf.random.uniform(shape, kw["minval"], kw["maxval"], dtype=tf.float32)
         return tf.random.normal(shape, dtype=tf.float32)
