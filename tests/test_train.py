@@ -150,3 +150,34 @@ def test_results_json_schema(robust_runs, tmp_path):
     assert {"natural_accuracy", "robust_accuracy", "epsilon", "norm", "examples", "dataset", "per_class"} <= set(r)
     assert r["examples"] == 300 and r["dataset"] == "mnist5k" and r["epsilon"] == pytest.approx(0.1)
     assert len(r["per_class"]) == 10 and r["training"]["method"] == "ardir"
+
+
+def test_learning_rate_schedules():
+    base = dict(learning_rate=0.1, epochs=10, lr_decay_epochs=[4, 8], lr_decay_factor=0.1)
+    piecewise = train.learning_rate(dict(base, lr_schedule="piecewise"), steps_per_epoch=5)
+    assert [float(piecewise(s)) for s in (0, 20, 21, 40, 41)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    cosine = train.learning_rate(dict(base, lr_schedule="cosine"), steps_per_epoch=5)
+    assert float(cosine(0)) == pytest.approx(0.1) and float(cosine(25)) == pytest.approx(0.05)
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-7)
+    assert train.learning_rate(dict(base, lr_schedule="constant"), steps_per_epoch=5) == 0.1
+
+
+def test_l2_weight_decay_is_pytorch_sgd_coupled_decay():
+    """One SGD step with l2_weight_decay on a zero loss moves each weight by -lr * wd * w."""
+    from ardir_tf import methods, models
+
+    class ZeroLoss(methods.PGDAT):
+        def method_loss(self, x, y, x_adv, context):
+            logits = self.student(x_adv, training=True)
+            return methods.base.LossOutput(loss=0.0 * tf.reduce_sum(logits), terms={}, adversarial_logits=logits)
+
+    import tensorflow as tf
+
+    student = models.get("small_cnn", 10, (28, 28, 1), width=4)
+    trainer = ZeroLoss(student, epsilon=0.1, attack_steps=1, attack_step_size=0.1, l2_weight_decay=0.01, seed=0)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+    before = [w.numpy().copy() for w in student.trainable_weights]
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    trainer.fit(x, np.arange(4), batch_size=4, epochs=1, verbose=0)
+    for b, w in zip(before, student.trainable_weights):
+        np.testing.assert_allclose(w.numpy(), b - 0.5 * 0.01 * b, rtol=1e-5, atol=1e-7)
