@@ -11,4 +11,3 @@ This package's ``__init__`` imports nothing heavy, so that :mod:`export.predict`
 TensorFlow.
 """
 
-__all__ = ["atomic", "card", "exporter", "onnx_model", "predict", "savedmodel", "verify"]

@@ -15,8 +15,8 @@ def inputs_and_normalize(
     """Returns ``(inputs, x)``: the [0, 1] image input and its normalised tensor.
 
     Normalisation lives inside the model so that every attack and every exported artifact sees
-    [0, 1] pixels. ``keras.layers.Normalization`` stores mean and variance as weights, so the
-    model saves and loads in safe mode.
+    [0, 1] pixels. ``keras.layers.Normalization`` keeps the given mean and variance in its config
+    (constants in the graph), so the model saves and loads in safe mode.
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     if normalization is None:
