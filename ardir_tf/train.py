@@ -14,8 +14,9 @@ continues from the last completed epoch.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
-import shutil
 import time
 from typing import Any, Optional
 
@@ -256,6 +257,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         return state["epochs_completed"]
 
     def on_epoch_end(self, epoch, logs=None):
+        if any(isinstance(v, numbers.Real) and not math.isfinite(v) for v in (logs or {}).values()):
+            return  # a non-finite loss (TerminateOnNaN): keep the last good checkpoint
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         self.model.save_weights(os.path.join(self.directory, name))
         write_json_atomic(self.state_path, {"epochs_completed": epoch + 1, "weights": name})
@@ -350,7 +353,8 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                 validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]], shuffle=False)
     if ckpt.completed_epochs() < s["epochs"]:
-        raise ValueError(f"training stopped early (non-finite loss?); the last good checkpoint is in {ckpt.directory}")
+        raise ValueError(f"training stopped at a non-finite loss; the last good checkpoint ({ckpt.completed_epochs()} "
+                         f"epochs) is in {ckpt.directory}: lower --learning_rate and run the same command again")
     save_model_atomic(student, model_path)
     results = evaluate_lib.evaluate(
         load_model_file(model_path), x_test, y_test, epsilon=s["epsilon"], attacks=s["eval_attacks"], norm=s["norm"],

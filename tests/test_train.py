@@ -181,3 +181,12 @@ def test_l2_weight_decay_is_pytorch_sgd_coupled_decay():
     trainer.fit(x, np.arange(4), batch_size=4, epochs=1, verbose=0)
     for b, w in zip(before, student.trainable_weights):
         np.testing.assert_allclose(w.numpy(), b - 0.5 * 0.01 * b, rtol=1e-5, atol=1e-7)
+
+
+def test_non_finite_loss_stops_without_saving_bad_weights(tmp_path):
+    work = tmp_path / "w"
+    line = error_line(run_cli(["--method=pgd_at", f"--workdir={work}", "--epochs=2", "--optimizer=sgd",
+                               "--learning_rate=1e30", *TINY], tmp_path))
+    assert "non-finite loss" in line
+    assert not (work / "checkpoint" / "state.json").exists()  # nothing NaN was checkpointed
+    assert not (work / "model.keras").exists()
