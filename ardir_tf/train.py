@@ -87,6 +87,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     D.DEFINE_enum("teacher_ir_input", "natural", ["natural", "adversarial"], "ARDIR: the teacher's IR on x or on x'.")
     D.DEFINE_enum("ardir_base", "ard", ["ard", "iad"], "ARDIR output loss.")
     D.DEFINE_enum("attack_objective", "ce", ["ce", "ardir"], "ARDIR training attack objective.")
+    D.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Training precision: mixed_bfloat16 uses CPU matrix units (AMX) and TPUs; mixed_float16 is for GPUs "
+                  "(with loss scaling). The saved model and every evaluation are float32.")
     D.DEFINE_integer("seed", 0, "Seed of initialisation, data order and attack noise.")
     D.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (bitwise-reproducible, slower).")
     D.DEFINE_enum("progress", "bar", list(_PROGRESS), "Progress output: a Keras progress bar, one line per epoch, or none.")
@@ -328,11 +331,16 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     x_train, y_train = data.load_arrays(s["dataset"], "train", s["data_dir"], examples=s["train_examples"] or None)
     x_test, y_test = data.load_arrays(s["dataset"], "test", s["data_dir"], examples=s["eval_examples"])
     normalization = (info.mean, info.std) if info.mean is not None else None
-    student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
-                         **parse_options(s["model_options"]))
-    steps = data.steps_per_epoch(len(x_train), s["batch_size"])
-    trainer = build_trainer(s, student, teacher, steps)
-    trainer.compile(optimizer=make_optimizer(s, steps))
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(s.get("precision", "float32"))
+    try:
+        student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
+                             **parse_options(s["model_options"]))
+        steps = data.steps_per_epoch(len(x_train), s["batch_size"])
+        trainer = build_trainer(s, student, teacher, steps)
+        trainer.compile(optimizer=make_optimizer(s, steps))  # mixed_float16: Keras adds loss scaling
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     initial_epoch = ckpt.restore(trainer)
     if initial_epoch:
         print(f"{workdir}: resuming after epoch {initial_epoch}")

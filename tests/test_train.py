@@ -190,3 +190,13 @@ def test_non_finite_loss_stops_without_saving_bad_weights(tmp_path):
     assert "non-finite loss" in line
     assert not (work / "checkpoint" / "state.json").exists()  # nothing NaN was checkpointed
     assert not (work / "model.keras").exists()
+
+
+def test_mixed_bfloat16_training_saves_a_float32_model(tmp_path):
+    work = tmp_path / "w"
+    proc = run_cli(["--method=pgd_at", f"--workdir={work}", "--epochs=1", "--precision=mixed_bfloat16", *TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model = keras.models.load_model(work / "model.keras")
+    assert {layer.compute_dtype for layer in model.layers if hasattr(layer, "compute_dtype")} == {"float32"}
+    settings = json.loads((work / "settings.json").read_text())
+    assert settings["precision"] == "mixed_bfloat16"
