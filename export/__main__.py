@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -70,36 +69,8 @@ def main(argv) -> None:
         sys.exit(1)
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except flags.Error as err:
-        _fail(str(err).splitlines()[0])
-    return []
-
-
-def run() -> None:
-    """``absl.app.run`` with the project's CLI conventions (those of ``ardir_tf.cli.run``): bad
-    flags, ``ValueError`` and ``OSError`` print one ``error:`` line and exit with status 2
-    (``--verbose`` adds the traceback). Written here rather than imported from ``ardir_tf.cli``
-    because importing ``ardir_tf`` loads TensorFlow, and a bad ``--out`` should fail at once."""
-
-    def wrapped(argv: list[str]) -> None:
-        try:
-            main(argv)
-        except (ValueError, OSError) as err:
-            if FLAGS.is_parsed() and FLAGS.verbose:
-                traceback.print_exc()
-            _fail(" ".join(str(err).split()) or type(err).__name__)
-
-    app.run(wrapped, flags_parser=_parse_flags)
-
-
 if __name__ == "__main__":
+    from ardir_tf import cli  # light: absl only, no TensorFlow until the export itself
+
     define_flags()
-    run()
+    cli.run(main)
