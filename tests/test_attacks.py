@@ -122,7 +122,8 @@ def test_pgd_stays_in_the_ball_and_the_box(case):
 @given(
     # no subnormal floats: the CPU flushes them to zero
     st.integers(1, 4), st.sampled_from(["linf", "l2"]), st.floats(0.0, 1.0, allow_subnormal=False, width=32),
-    st.floats(0.0, 3.0, allow_subnormal=False, width=32), st.integers(0, 1000),
+    # scale 0 or >= 1e-6: tiny normal scales times N(0,1) would still produce subnormal deltas
+    st.one_of(st.just(0.0), st.floats(1e-6, 3.0)), st.integers(0, 1000),
 )
 def test_project_lands_in_the_ball_and_keeps_inner_points(batch, norm, eps, scale, seed):
     rng = np.random.default_rng(seed)
