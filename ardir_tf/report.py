@@ -156,13 +156,14 @@ def plot_robust_vs_eps(results: dict, path: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     eps = [e["epsilon"] for e in sweep]
     for key in _attack_keys(sweep[0]["robust_accuracy"]) + ["all"]:
-        ax.plot(eps, [100 * e["robust_accuracy"][key] for e in sweep], marker="o",
-                linewidth=2.5 if key == "all" else 1.2, label=key)
+        style = dict(color="black", linewidth=3, alpha=0.45, zorder=1) if key == "all" else dict(linewidth=1.3)
+        ax.plot(eps, [100 * e["robust_accuracy"][key] for e in sweep], marker="o", label=key, **style)
     ax.plot(eps, [100 * e["natural_accuracy"] for e in sweep], linestyle="--", color="gray", label="natural")
     ax.set_xlabel(f"eps ({results['norm']})")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{results.get('model') or 'model'} on {results.get('dataset') or 'data'}, {results['examples']} examples")
+    ax.set_title(f"{results.get('model') or 'model'} on {results.get('dataset') or 'data'}, "
+                 f"{results['examples']} examples")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -187,7 +188,7 @@ def plot_per_class(results: dict, path: str) -> str:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"per-class accuracy, {results['norm']} eps={results['epsilon']:g}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(entries) <= 10 else -0.3), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -114,11 +114,11 @@ ROBUST_SETTINGS = dict(
     dataset="mnist5k", data_dir=None, model="small_cnn", model_options="width=8", epochs=2, batch_size=32,
     train_examples=1500, val_examples=0, eval_examples=300, eval_attacks=["pgd20"], optimizer="adam",
     learning_rate=1e-3, momentum=0.9, lr_schedule="constant", lr_decay_epochs=[], lr_decay_factor=0.1,
-    weight_decay=0.0, weight_decay_mode="l2", epsilon=0.1, attack_steps=5, attack_step_size=0.03, norm="linf",
+    weight_decay=0.0, weight_decay_mode="l2", epsilon=0.2, attack_steps=5, attack_step_size=0.05, norm="linf",
     random_start=None, attack_bn_training=False, eval_attack_steps=None, trades_beta=6.0, temperature=None,
     alpha=1.0, kl_reduction=None, rslad_adversarial_weight=5 / 6, iad_beta=0.1, iad_begin=1, ir_layers=[],
     ir_weights=[], gamma=1.0, ir_distance="normalized_mse", teacher_ir_input="natural", ardir_base="ard",
-    attack_objective="ce", seed=0, deterministic=False, progress="none", verbose=False,
+    attack_objective="ce", seed=0, deterministic=False, progress="none", verbose=False, epsilon_warmup_epochs=1.0,
 )
 
 
@@ -148,7 +148,7 @@ def test_adversarial_training_is_far_more_robust_than_standard(robust_runs, meth
 def test_results_json_schema(robust_runs, tmp_path):
     r = robust_runs["ardir"]
     assert {"natural_accuracy", "robust_accuracy", "epsilon", "norm", "examples", "dataset", "per_class"} <= set(r)
-    assert r["examples"] == 300 and r["dataset"] == "mnist5k" and r["epsilon"] == pytest.approx(0.1)
+    assert r["examples"] == 300 and r["dataset"] == "mnist5k" and r["epsilon"] == pytest.approx(0.2)
     assert len(r["per_class"]) == 10 and r["training"]["method"] == "ardir"
 
 

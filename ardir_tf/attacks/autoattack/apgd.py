@@ -124,7 +124,8 @@ class APGD:
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(tf.convert_to_tensor(y), tf.int32)
         target = tf.zeros_like(y) if target is None else tf.cast(tf.convert_to_tensor(target), tf.int32)
-        x_adv, broken = self._compiled(x, y, target, tf.constant(epsilon, tf.float32))
+        x_adv, broken, step = self._compiled(x, y, target, tf.constant(epsilon, tf.float32))
+        self.last_step_size = step.numpy()  # [B] final step sizes (for tests and diagnostics)
         return x_adv.numpy(), broken.numpy()
 
     def _loss_grad(self, x, y, target):
@@ -191,4 +192,4 @@ class APGD:
 
         (final,) = tf.while_loop(cond, body, (state,), parallel_iterations=1)
         x_adv = where(final["broken"], final["x_adv"], final["x_best"])
-        return tf.stop_gradient(x_adv), final["broken"]
+        return tf.stop_gradient(x_adv), final["broken"], final["step"]

@@ -138,12 +138,18 @@ class AutoAttack:
             member = self._member(name)
             total, done = len(attacked) * len(passes), 0
             for j in passes:
-                idx = np.flatnonzero(robust)
+                idx = np.flatnonzero(robust) if epsilon > 0 else np.zeros(0, np.int64)  # eps 0: nothing to find
                 done += len(attacked) - len(idx)  # dropped before this pass count as done
                 for b in range(0, len(idx), self.batch_size):
                     sel = idx[b:b + self.batch_size]
                     target = None if j is None else targets[sel, j]
-                    adv, hit = member(x[sel], y[sel], float(epsilon), target)
+                    if name == "square" and progress is not None:  # report within a batch too
+                        def report(q, base=done, n=len(sel)):
+                            progress(name, base + int(n * q / self.square_queries), total)
+
+                        adv, hit = member(x[sel], y[sel], float(epsilon), target, progress=report)
+                    else:
+                        adv, hit = member(x[sel], y[sel], float(epsilon), target)
                     hit_idx = sel[hit]
                     x_adv[hit_idx] = adv[hit]
                     robust[hit_idx] = False
