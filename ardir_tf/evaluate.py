@@ -141,7 +141,7 @@ def _pgd_fn(model, epsilon, norm, steps, step_fraction, random_start, objective,
     """A compiled ``(x, y) -> predictions at the PGD point``; the trace is shared across radii
     through ``cache[key]`` (the radius is a tensor argument)."""
     if cache is None or key not in cache:
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)  # explicit tf.while_loop inside
         def attack_fn(xb, yb, eps):
             x_adv = pgd(model, xb, yb, epsilon=eps, step_size=step_fraction * eps, steps=steps,
                         norm=norm, random_start=random_start, objective=objective, training=False)
@@ -238,7 +238,7 @@ def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     keras.utils.set_random_seed(seed)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)  # explicit tf.while_loop inside
     def natural_fn(xb, yb):
         return tf.argmax(model(xb, training=False), axis=-1)
 
