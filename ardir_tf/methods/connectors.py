@@ -6,6 +6,8 @@ from typing import Sequence
 
 import keras
 
+from ardir_tf.models.layers import BN_KW
+
 
 def build_connector(
     student_shape: Sequence[int | None],
@@ -32,14 +34,14 @@ def build_connector(
         if None in (hs, ws, ht, wt) or hs < ht or ws < wt or hs % ht or ws % wt:
             raise ValueError(f"cannot pool a {s} student map onto a {t} teacher map (needs an integer ratio >= 1)")
         layers = [keras.Input(s), keras.layers.Conv2D(ct, 1, use_bias=False, name=f"{name}_conv"),
-                  keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")]
+                  keras.layers.BatchNormalization(name=f"{name}_bn", **BN_KW)]
         if (hs, ws) != (ht, wt):
             layers.append(keras.layers.AveragePooling2D((hs // ht, ws // wt), name=f"{name}_pool"))
         return keras.Sequential(layers, name=name)
     if len(s) == len(t) == 1:
         return keras.Sequential(
             [keras.Input(s), keras.layers.Dense(t[0], use_bias=False, name=f"{name}_dense"),
-             keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")],
+             keras.layers.BatchNormalization(name=f"{name}_bn", **BN_KW)],
             name=name,
         )
     raise ValueError(f"cannot connect a student activation of shape {s} to a teacher activation of shape {t}")

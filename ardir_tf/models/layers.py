@@ -31,3 +31,33 @@ def inputs_and_normalize(
         axis=-1, mean=mean.tolist(), variance=(std**2).tolist(), name="normalize"
     )(inputs)
     return inputs, x
+
+
+#: Batch-norm settings of every family (and ARDIR's connectors): PyTorch's defaults, so weights
+#: ported from reference implementations behave the same.
+BN_KW = {"momentum": 0.9, "epsilon": 1e-5}
+
+
+def batch_norm(x, name: str):
+    """``BatchNormalization`` with :data:`BN_KW`."""
+    return keras.layers.BatchNormalization(name=name, **BN_KW)(x)
+
+
+def conv(x, filters: int, kernel: int, stride: int, name: str):
+    """``kernel`` x ``kernel`` convolution with PyTorch-style symmetric padding ``kernel // 2``."""
+    layers = keras.layers
+    pad = kernel // 2
+    if stride != 1 and pad:
+        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same" if pad else "valid"
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )(x)

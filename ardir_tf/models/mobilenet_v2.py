@@ -54,10 +54,10 @@ from typing import Sequence
 
 import keras
 
+from ardir_tf.models.layers import BN_KW as _BN_KW
 from ardir_tf.models.layers import inputs_and_normalize
 from ardir_tf.models.registry import register
 
-_BN_KW = {"momentum": 0.9, "epsilon": 1e-5}
 
 # (expansion, output channels at alpha=1, blocks, stride of the first block); CIFAR strides.
 _STAGES = (

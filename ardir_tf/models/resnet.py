@@ -38,36 +38,14 @@ from typing import Sequence
 
 import keras
 
+from ardir_tf.models.layers import BN_KW as _BN_KW
+from ardir_tf.models.layers import batch_norm as _bn
+from ardir_tf.models.layers import conv as _conv
 from ardir_tf.models.layers import inputs_and_normalize
 from ardir_tf.models.registry import register
 
-_BN_KW = {"momentum": 0.9, "epsilon": 1e-5}
 _STAGE_STRIDES = (1, 2, 2, 2)
 _STAGE_MULTIPLIERS = (1, 2, 4, 8)
-
-
-def _conv(x, filters: int, kernel: int, stride: int, name: str):
-    """``kernel`` x ``kernel`` convolution with PyTorch-style symmetric padding ``kernel // 2``."""
-    layers = keras.layers
-    pad = kernel // 2
-    if stride != 1 and pad:
-        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same" if pad else "valid"
-    return layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding=padding,
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )(x)
-
-
-def _bn(x, name: str):
-    return keras.layers.BatchNormalization(name=name, **_BN_KW)(x)
 
 
 def _basic_block(x, filters: int, stride: int, prefix: str, out_name: str):

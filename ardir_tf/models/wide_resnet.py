@@ -31,30 +31,11 @@ from typing import Sequence
 
 import keras
 
+from ardir_tf.models.layers import BN_KW as _BN_KW
+from ardir_tf.models.layers import conv as _conv
 from ardir_tf.models.layers import inputs_and_normalize
 from ardir_tf.models.registry import register
 
-_BN_KW = {"momentum": 0.9, "epsilon": 1e-5}
-
-
-def _conv(x, filters: int, kernel: int, stride: int, name: str):
-    """``kernel`` x ``kernel`` convolution with PyTorch-style symmetric padding ``kernel // 2``."""
-    layers = keras.layers
-    pad = kernel // 2
-    if stride != 1 and pad:
-        x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same" if pad else "valid"
-    return layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding=padding,
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )(x)
 
 
 def _wide_block(x, filters: int, stride: int, dropout: float, prefix: str, out_name: str):
