@@ -22,7 +22,7 @@ from ardir_tf.methods.ard import ard_output_loss, validate_distillation
 from ardir_tf.methods.base import LossOutput
 from ardir_tf.methods.connectors import build_connector
 from ardir_tf.methods.distill import DistillationTrainer
-from ardir_tf.methods.iad import iad_output_loss
+from ardir_tf.methods.iad import iad_output_loss, teacher_logits_when
 
 LayerPairs = Union[None, str, Sequence[Union[str, tuple[str, str]]], dict]
 BASES = ("ard", "iad")
@@ -193,10 +193,7 @@ class ARDIR(DistillationTrainer):
             if teacher_adv is not None:
                 teacher_adv_logits = teacher_adv[0]
             else:
-                teacher_adv_logits = tf.cond(
-                    active, lambda: tf.cast(self.teacher(x_adv, training=False), tf.float32),
-                    lambda: tf.zeros_like(tf.cast(context["teacher_logits"], tf.float32)),
-                )
+                teacher_adv_logits = teacher_logits_when(active, self.teacher, x_adv, context["teacher_logits"])
             loss, terms = iad_output_loss(
                 context["teacher_logits"], teacher_adv_logits, adversarial, natural, y,
                 temperature=self.temperature, alpha=self.alpha, beta=self.iad_beta,

@@ -25,6 +25,16 @@ def trust_weights(teacher_adversarial_logits: tf.Tensor, labels: tf.Tensor, beta
     return tf.stop_gradient(tf.pow(p_true, beta))
 
 
+def teacher_logits_when(active: tf.Tensor, teacher, x_adv: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """``T(x')`` as float32 when ``active`` (epoch >= begin), else zeros shaped like ``like``:
+    before ``begin`` the trust weights are unused, so the teacher pass is skipped (``tf.cond``)."""
+    return tf.cond(
+        active,
+        lambda: tf.cast(teacher(x_adv, training=False), tf.float32),
+        lambda: tf.zeros_like(tf.cast(like, tf.float32)),
+    )
+
+
 def iad_output_loss(
     teacher_logits: tf.Tensor,
     teacher_adversarial_logits: tf.Tensor,
@@ -42,8 +52,8 @@ def iad_output_loss(
 
     ``active`` (bool scalar) switches the introspection term on (epoch >= begin). Both KL terms use
     ``kl_reduction``; for ``elementmean`` the per-example introspection KL is divided by ``C`` too.
-    ``teacher_adversarial_logits`` is only read when ``active``: pass a thunk-free tensor or
-    compute it inside ``tf.cond`` as :class:`IAD` does.
+    ``teacher_adversarial_logits`` is only read when ``active``: :func:`teacher_logits_when`
+    computes it without a teacher pass before ``begin``.
     """
     loss, terms = ard_output_loss(
         teacher_logits, adversarial_logits, natural_logits, labels,
@@ -94,20 +104,12 @@ class IAD(DistillationTrainer):
     def introspection_active(self) -> tf.Tensor:
         return self.epoch >= self.begin
 
-    def teacher_adversarial_logits(self, x_adv: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-        """``T(x')`` from epoch ``begin`` on; zeros (unused) before, without the teacher pass."""
-        active = self.introspection_active()
-        return tf.cond(
-            active,
-            lambda: tf.cast(self.teacher(x_adv, training=False), tf.float32),
-            lambda: tf.zeros_like(tf.cast(like, tf.float32)),
-        )
-
     def method_loss(self, x, y, x_adv, context):
         adversarial = self.student(x_adv, training=True)
         natural = self.student(x, training=True)
         loss, terms = iad_output_loss(
-            context["teacher_logits"], self.teacher_adversarial_logits(x_adv, context["teacher_logits"]),
+            context["teacher_logits"],
+            teacher_logits_when(self.introspection_active(), self.teacher, x_adv, context["teacher_logits"]),
             adversarial, natural, y,
             temperature=self.temperature, alpha=self.alpha, beta=self.beta,
             kl_reduction=self.kl_reduction, active=self.introspection_active(),
