@@ -70,6 +70,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("eval_examples", 1000, "Held-out digits of the evaluation.")
     flags.DEFINE_integer("autoattack_examples", 200, "The first N held-out digits that AutoAttack attacks (all 1,000 "
                          "cost over 10 minutes per model here, mostly Square's 5,000 queries).")
+    flags.DEFINE_list("autoattack_seeds", ["0"], "Seeds whose students AutoAttack evaluates (a robust small_cnn takes "
+                      "about 5 minutes for 200 digits on 2 idle cores).")
     flags.DEFINE_integer("ablation_autoattack_examples", 0, "AutoAttack digits of the ablation runs (0: none).")
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
 
@@ -143,12 +145,15 @@ def run_one(s: dict[str, Any], workdir: str, teacher: str, autoattack_examples: 
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (0 for one seed) of every numeric key over ``rows``."""
+    """Mean, sample standard deviation (0 for one value) and count ``n`` of every numeric key over
+    the ``rows`` that have it (AutoAttack runs on some seeds only)."""
     out: dict[str, Any] = {"seeds": len(rows)}
-    for key in rows[0]:
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "seed"))
+    for key in keys:
         values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-        if len(values) == len(rows):
-            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "n": len(values)}
     return out
 
 
@@ -159,15 +164,19 @@ def markdown_table(table: dict[str, dict[str, Any]], second_epsilon: float, epsi
     lines = [f"| run | seeds | " + " | ".join(n if "@" in n else f"{n} @{epsilon:g}" if k != "natural" else n
                                            for k, n in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
+    partial = False
     for name, agg in table.items():
         cells = []
         for k, _ in cols:
-            if k in agg:
-                m, sd = 100 * agg[k]["mean"], 100 * agg[k]["std"]
-                cells.append(f"{m:.1f} ± {sd:.1f}" if agg["seeds"] > 1 else f"{m:.1f}")
-            else:
+            if k not in agg:
                 cells.append("-")
+                continue
+            m, sd, n = 100 * agg[k]["mean"], 100 * agg[k]["std"], agg[k]["n"]
+            cells.append(f"{m:.1f} ± {sd:.1f}" if n > 1 else f"{m:.1f}" + ("†" if agg["seeds"] > 1 else ""))
+            partial |= n < agg["seeds"]
         lines.append(f"| {name} | {agg['seeds']} | " + " | ".join(cells) + " |")
+    if partial:
+        lines += ["", "† one seed only (the others were not evaluated with that attack)."]
     return "\n".join(lines)
 
 
@@ -227,7 +236,8 @@ def reproduce(f) -> dict[str, Any]:
     for seed in seeds:
         if "main" in f.studies:
             for m in f.methods:
-                study(f"main/{m}", {**base, "method": m}, [seed], distill(m), aa_examples)
+                aa = aa_examples if f.quick or str(seed) in f.autoattack_seeds else 0
+                study(f"main/{m}", {**base, "method": m}, [seed], distill(m), aa)
         if "precision" in f.studies:
             study("precision/ardir-mixed_bfloat16", {**base, "method": "ardir", "precision": "mixed_bfloat16"},
                   [seed], teacher, 0)

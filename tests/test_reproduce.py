@@ -30,7 +30,11 @@ def test_aggregate_is_mean_and_sample_std():
     assert agg["seeds"] == 3
     assert agg["natural"]["mean"] == pytest.approx(0.8) and agg["natural"]["std"] == pytest.approx(0.1)
     assert agg["pgd20"]["mean"] == pytest.approx(0.6) and agg["pgd20"]["std"] == pytest.approx(0.1)
-    assert reproduce.aggregate(rows[:1])["pgd20"] == {"mean": 0.5, "std": 0.0}
+    assert reproduce.aggregate(rows[:1])["pgd20"] == {"mean": 0.5, "std": 0.0, "n": 1}
+    rows[0]["autoattack"] = 0.4  # evaluated on one seed only
+    agg = reproduce.aggregate(rows)
+    assert agg["autoattack"] == {"mean": 0.4, "std": 0.0, "n": 1} and "seed" not in agg
+    assert "40.0†" in reproduce.markdown_table({"ardir": agg}, 0.2, 0.3)
 
 
 def test_every_ablation_variant_changes_one_valid_training_setting():
