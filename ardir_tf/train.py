@@ -24,13 +24,14 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from ardir_tf import data, evaluate as evaluate_lib, methods, models
+from ardir_tf import data, distribute, evaluate as evaluate_lib, methods, models
 
 FLAGS = flags.FLAGS
 SETTINGS_FILE = "settings.json"
 _PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 # Settings that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = ("epochs", "verbose", "progress", "workdir", "eval_examples", "eval_attacks", "teacher_epochs")
+_RESUMABLE_CHANGES = ("epochs", "verbose", "progress", "workdir", "eval_examples", "eval_attacks", "teacher_epochs",
+                      "strategy", "tpu")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -92,6 +93,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                   "(with loss scaling). The saved model and every evaluation are float32.")
     D.DEFINE_integer("seed", 0, "Seed of initialisation, data order and attack noise.")
     D.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (bitwise-reproducible, slower).")
+    D.DEFINE_enum("strategy", "default", list(distribute.STRATEGIES), "tf.distribute strategy: default (one device), "
+                  "mirrored (all local GPUs), multi_worker (the hosts in TF_CONFIG) or tpu. --batch_size stays the "
+                  "global batch (see BUILD.md, Distributed training).")
+    D.DEFINE_string("tpu", "", "With --strategy=tpu: the TPU's name or grpc:// address (empty: this TPU VM).")
+    D.DEFINE_bool("sync_batch_norm", False, "Batch norm statistics over the global batch, not each replica's shard.")
+    D.DEFINE_float("lr_warmup_epochs", 0.0, "Ramp the learning rate linearly from 0 over this many epochs (for a "
+                   "large global batch with a linearly scaled --learning_rate).")
     D.DEFINE_enum("progress", "bar", list(_PROGRESS), "Progress output: a Keras progress bar, one line per epoch, or none.")
     D.DEFINE_bool("verbose", False, "Show the traceback of an error, not just its one-line message.")
 
@@ -120,8 +128,33 @@ def load_model_file(path: str, what: str = "model") -> keras.Model:
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as err:  # keras raises many types for a bad archive
+        if "safe_mode" in str(err):
+            # Keras' own advice (safe_mode=False) is not an option of this program, and not a safe one.
+            raise ValueError(f"{what} file {path!r} is not a loadable .keras model: it holds Python code (a Lambda "
+                             "layer) that could run arbitrary code, which Keras safe mode refuses; save the model "
+                             "without Lambda layers") from None
         raise ValueError(f"{what} file {path!r} is not a loadable .keras model ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def teacher_for_precision(teacher: keras.Model, precision: str) -> keras.Model:
+    """The teacher as training runs it: itself for ``float32``, else a copy with the same weights
+    whose layers compute in ``precision`` (a loaded ``.keras`` teacher keeps the float32 policy it
+    was saved with, and a float32 teacher pass would cost several bfloat16 student passes; see
+    BUILD.md, "Speed"). Its outputs are cast back to float32 by the losses, as the student's are."""
+    if precision == "float32" or not isinstance(teacher, keras.Model) or not hasattr(teacher, "get_config"):
+        return teacher
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        config = teacher.get_config()
+        for layer in config.get("layers", []):
+            layer.get("config", {}).pop("dtype", None)
+        clone = teacher.__class__.from_config(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone.set_weights(teacher.get_weights())
+    return clone
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -164,7 +197,14 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
         (s["attack_steps"] >= 1, f"--attack_steps must be positive, got {s['attack_steps']}"),
         (s["attack_step_size"] > 0, f"--attack_step_size must be positive, got {s['attack_step_size']}"),
         (s.get("epsilon_warmup_epochs", 0) >= 0, "--epsilon_warmup_epochs must be >= 0"),
+        (s.get("lr_warmup_epochs", 0) >= 0, f"--lr_warmup_epochs must be >= 0, got {s.get('lr_warmup_epochs')}"),
+        (s["train_examples"] >= 0, f"--train_examples must be >= 0, got {s['train_examples']}"),
+        (s["val_examples"] >= 0, f"--val_examples must be >= 0, got {s['val_examples']}"),
+        (s["eval_examples"] >= 1, f"--eval_examples must be >= 1, got {s['eval_examples']}"),
     ]
+    unknown = [a for a in s["eval_attacks"] if a not in evaluate_lib.ATTACKS]
+    if unknown:
+        checks.append((False, f"unknown --eval_attacks {', '.join(unknown)}; use any of {', '.join(evaluate_lib.ATTACKS)}"))
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
@@ -173,16 +213,39 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
     return s
 
 
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step) * min(1, (step + 1) / warmup_steps)``: the gradual warm-up of Goyal et al.
+    (2017) that makes a learning rate scaled up with the global batch usable from the first step."""
+
+    def __init__(self, schedule, warmup_steps: int):
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        base = self.schedule(step) if callable(self.schedule) else self.schedule
+        return base * keras.ops.minimum(1.0, (step + 1.0) / float(self.warmup_steps))
+
+    def get_config(self):
+        schedule = self.schedule
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            schedule = keras.optimizers.schedules.serialize(schedule)
+        return {"schedule": schedule, "warmup_steps": self.warmup_steps}
+
+
 def learning_rate(s: dict[str, Any], steps_per_epoch: int):
     """The schedule in optimizer steps (so it resumes with the optimizer's iteration count)."""
     lr = s["learning_rate"]
     if s["lr_schedule"] == "cosine":
-        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=s["epochs"] * steps_per_epoch)
-    if s["lr_schedule"] == "piecewise" and s["lr_decay_epochs"]:
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=s["epochs"] * steps_per_epoch)
+    elif s["lr_schedule"] == "piecewise" and s["lr_decay_epochs"]:
         boundaries = [e * steps_per_epoch for e in sorted(s["lr_decay_epochs"])]
         values = [lr * s["lr_decay_factor"] ** i for i in range(len(boundaries) + 1)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    return lr
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    else:
+        schedule = lr
+    warmup_steps = int(round(s.get("lr_warmup_epochs", 0.0) * steps_per_epoch))
+    return LinearWarmup(schedule, warmup_steps) if warmup_steps > 0 else schedule
 
 
 def make_optimizer(s: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -255,7 +318,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if not state:
             return 0
         if not trainer.optimizer.built:
-            trainer.optimizer.build(trainer.trainable_variables)
+            with trainer.distribute_strategy.scope():  # the optimizer's variables as the trainer's: mirrored
+                trainer.optimizer.build(trainer.trainable_variables)
         trainer.load_weights(os.path.join(self.directory, state["weights"]))
         return state["epochs_completed"]
 
@@ -287,20 +351,26 @@ def save_model_atomic(model: keras.Model, path: str) -> None:
     os.replace(tmp, path)
 
 
-def check_settings(workdir: str, s: dict[str, Any]) -> None:
-    """Refuses to mix runs: a workdir that holds a run with other settings is an error."""
+def check_settings(workdir: str, s: dict[str, Any], write: bool = True) -> None:
+    """Refuses to mix runs: a workdir that holds a run with other settings is an error.
+
+    With ``write``, ``s`` becomes the workdir's settings (``False``: only compare).
+    """
     path = os.path.join(workdir, SETTINGS_FILE)
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        diff = sorted(k for k in set(old) | set(s) if k not in _RESUMABLE_CHANGES and old.get(k) != s.get(k))
+        # A setting missing on one side (a run from an older version) counts as its flag default.
+        diff = sorted(k for k in set(old) | set(s) if k not in _RESUMABLE_CHANGES
+                      and old.get(k, _FLAG_DEFAULTS.get(k)) != s.get(k, _FLAG_DEFAULTS.get(k)))
         if diff:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with different settings ({', '.join(diff)}); "
                 "use another --workdir, or delete that one to start fresh"
             )
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(path, s)
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomic(path, s)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -312,11 +382,17 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     info = data.get_info(s["dataset"], s["data_dir"])
     requested = {**s, "teacher": os.path.abspath(teacher_path) if teacher_path else ""}
     s = resolve_settings(s, info)
+    strategy = distribute.make_strategy(s.get("strategy", "default"), s.get("tpu", ""))
+    chief = distribute.is_chief(strategy)  # only the chief writes into workdir (multi_worker)
+    distribute.check_global_batch(strategy, s["batch_size"])
     teacher = None
     if s["method"] in methods.DISTILLATION_METHODS:
-        teacher = load_model_file(teacher_path, "teacher")
+        with strategy.scope():  # the teacher's variables on every replica's device
+            teacher = load_model_file(teacher_path, "teacher")
     # Compare what the user asked for: defaults derived from --epochs may change on resumption.
-    check_settings(workdir, requested)
+    # The settings are written once the trainer is built, so a start that fails on bad input
+    # does not claim the workdir.
+    check_settings(workdir, requested, write=False)
     model_path = os.path.join(workdir, "model.keras")
     ckpt = EpochCheckpoint(os.path.join(workdir, "checkpoint"))
     results_path = os.path.join(workdir, "results.json")
@@ -334,13 +410,17 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(s.get("precision", "float32"))
     try:
-        student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
-                             **parse_options(s["model_options"]))
-        steps = data.steps_per_epoch(len(x_train), s["batch_size"])
-        trainer = build_trainer(s, student, teacher, steps)
-        trainer.compile(optimizer=make_optimizer(s, steps))  # mixed_float16: Keras adds loss scaling
+        with strategy.scope():
+            student = models.get(s["model"], info.num_classes, info.input_shape, normalization=normalization,
+                                 **parse_options(s["model_options"]))
+            steps = data.steps_per_epoch(len(x_train), s["batch_size"])
+            trainer = build_trainer(s, student, teacher, steps)
+            if s.get("sync_batch_norm"):
+                distribute.synchronize_batch_norm(trainer)
+            trainer.compile(optimizer=make_optimizer(s, steps))  # mixed_float16: Keras adds loss scaling
     finally:
         keras.config.set_dtype_policy(previous_policy)
+    check_settings(workdir, requested, write=chief)
     initial_epoch = ckpt.restore(trainer)
     if initial_epoch:
         print(f"{workdir}: resuming after epoch {initial_epoch}")
@@ -350,27 +430,36 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     if s["val_examples"]:
         n = min(s["val_examples"], len(x_test))
         val = data.eval_dataset(x_test[:n], y_test[:n], s["batch_size"])
+    # Every worker saves (saving may join collective operations); the others into a scratch copy.
+    out = distribute.worker_dir(strategy, workdir)
+    writer = ckpt if chief else EpochCheckpoint(os.path.join(out, "checkpoint"))
     callbacks = [
-        ckpt,
-        keras.callbacks.CSVLogger(os.path.join(workdir, "history.csv"), append=initial_epoch > 0),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+        writer,
+        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=initial_epoch > 0),
+        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
     start = time.time()
     print(f"training {s['method']} {s['model']} on {info.name} for {s['epochs']} epochs into {workdir}")
-    trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
-                validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]], shuffle=False)
-    if ckpt.completed_epochs() < s["epochs"]:
-        raise ValueError(f"training stopped at a non-finite loss; the last good checkpoint ({ckpt.completed_epochs()} "
-                         f"epochs) is in {ckpt.directory}: lower --learning_rate and run the same command again")
-    save_model_atomic(student, model_path)
+    distribute.fit(trainer, train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+                   validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]])
+    if writer.completed_epochs() < s["epochs"]:
+        done = writer.completed_epochs()
+        raise ValueError(f"training stopped at a non-finite loss in epoch {done + 1}; the last good checkpoint ({done} "
+                         f"epochs) is kept in {ckpt.directory}: run the same command to retry from it, or start "
+                         "fresh in another --workdir with a lower --learning_rate")
+    own_model_path = os.path.join(out, "model.keras")
+    save_model_atomic(student, own_model_path)
+    distribute.barrier(strategy)  # the other workers may read WORKDIR/model.keras next (a student's teacher)
     results = evaluate_lib.evaluate(
-        load_model_file(model_path), x_test, y_test, epsilon=s["epsilon"], attacks=s["eval_attacks"], norm=s["norm"],
-        dataset=info.name, class_names=info.class_names, seed=s["seed"], verbose=int(s["progress"] == "bar"),
+        load_model_file(own_model_path), x_test, y_test, epsilon=s["epsilon"], attacks=s["eval_attacks"],
+        norm=s["norm"], dataset=info.name, class_names=info.class_names, seed=s["seed"],
+        verbose=int(s["progress"] == "bar"),
     )
     results["training"] = {"method": s["method"], "model": s["model"], "epochs": s["epochs"],
                            "seconds": round(time.time() - start, 1), "teacher": teacher_path or None}
-    evaluate_lib.write_json(results, results_path)
+    evaluate_lib.write_json(results, os.path.join(out, "results.json"))
+    distribute.remove_worker_dir(strategy, workdir)
     return results
 
 
@@ -381,6 +470,8 @@ def run(values: dict[str, Any]) -> dict[str, dict]:
     ``WORKDIR/teacher`` (or reuses it) first.
     """
     values = dict(values)
+    # First: a multi-worker strategy or a TPU must be set up before any other TensorFlow operation.
+    distribute.make_strategy(values.get("strategy", "default"), values.get("tpu", ""))
     workdir = values.pop("workdir")
     teacher_path = values.pop("teacher")
     teacher_method = values.pop("teacher_method")
@@ -400,13 +491,14 @@ def main(argv) -> None:
     print(evaluate_lib.format_table(run(settings_from_flags())))
 
 
-def _names() -> list[str]:
+def _defaults() -> dict[str, Any]:
     scratch = flags.FlagValues()
     define_flags(scratch)
-    return [name for name in scratch]
+    return {name: scratch[name].default for name in scratch}
 
 
-_FLAG_NAMES = _names()
+_FLAG_DEFAULTS = _defaults()
+_FLAG_NAMES = list(_FLAG_DEFAULTS)
 
 if __name__ == "__main__":
     from ardir_tf import cli

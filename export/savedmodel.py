@@ -56,8 +56,9 @@ def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
                             summarize=16, name="check_image_shape")
     ]
     with tf.control_dependencies(checks):
-        low = tf.reduce_min(images)
-        high = tf.reduce_max(images)
+        pixels = tf.reshape(images, [-1])
+        low = tf.reduce_min(pixels)
+        high = tf.reduce_max(pixels)
         in_range = tf.logical_or(tf.equal(tf.size(images), 0),
                                  tf.logical_and(tf.greater_equal(low, 0.0), tf.less_equal(high, 1.0)))
         checks.append(
@@ -69,7 +70,9 @@ def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
         )
     with tf.control_dependencies(checks):
         images = tf.identity(images)
-    return tf.ensure_shape(images, [None, h, w, c])
+    # Not tf.ensure_shape: grappler propagates its rank-4 shape back to the input, folds the rank
+    # check to true, and a rank-5 [N, H, W, C, 1] batch then fails with an unrelated message.
+    return tf.reshape(images, [-1, h, w, c])
 
 
 class ExportModule(tf.Module):

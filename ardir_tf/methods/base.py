@@ -145,8 +145,19 @@ class AdversarialTrainer(keras.Model):
         )
 
     def step_seed(self) -> tf.Tensor:
-        """Stateless seed ``[seed, optimizer step]`` of this step's attack noise."""
-        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self._step(), tf.int64)])
+        """Stateless seed ``[seed, optimizer step]`` of this step's attack noise.
+
+        Under ``N > 1`` replicas in sync, the replica's id is folded in: each replica attacks its own
+        shard of the global batch, and with one seed every shard would start from the same noise
+        pattern. So ``N`` replicas draw other (independent) noise than one device does: equal in
+        distribution, not bit for bit (``random_start="none"`` makes them equal to float tolerance).
+        """
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self._step(), tf.int64)])
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+            seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        return seed
 
     def _step(self):
         optimizer = getattr(self, "optimizer", None)
@@ -180,9 +191,16 @@ class AdversarialTrainer(keras.Model):
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def fit(self, *args, callbacks=None, **kwargs):
+        """``keras.Model.fit``; under a strategy whose ``fit`` Keras cannot run
+        (``MultiWorkerMirroredStrategy``), :func:`ardir_tf.distribute.custom_fit`, which takes a
+        ``tf.data.Dataset`` of global batches and the same callbacks."""
+        from ardir_tf import distribute
+
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _EpochSync) for c in callbacks):
             callbacks.append(_EpochSync())
+        if not distribute.uses_fit(self.distribute_strategy):
+            return distribute.custom_fit(self, *args, callbacks=callbacks, **kwargs)
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
     def _penalty(self) -> tf.Tensor:
@@ -233,7 +251,8 @@ class AdversarialTrainer(keras.Model):
             objective="ce", training=False, seed=self.seed_generator,
         )
         adversarial = self.student(x_adv, training=False)
-        self._trackers["loss"].update_state(losses.cross_entropy(y, adversarial))
+        # Per example: the mean stays exact when replicas get unequal (or empty) shards of a last batch.
+        self._trackers["loss"].update_state(losses.cross_entropy_per_example(y, adversarial))
         self.natural_accuracy.update_state(y, tf.cast(natural, tf.float32))
         self.adversarial_accuracy.update_state(y, tf.cast(adversarial, tf.float32))
         return {

@@ -11,6 +11,7 @@ Every builder returns a Keras **functional** classifier that
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import keras
@@ -56,7 +57,7 @@ def get(
         An unbuilt-weights functional ``keras.Model`` mapping ``[B, H, W, C]`` -> ``[B, num_classes]``.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones) or bad sizes.
+        ValueError: unknown name or option (the message lists the known ones) or bad sizes.
     """
     _import_builtin_families()
     if name not in _REGISTRY:
@@ -65,12 +66,25 @@ def get(
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if len(tuple(input_shape)) != 3:
         raise ValueError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
+    options = _options(_REGISTRY[name])
+    unknown = sorted(set(kwargs) - set(options)) if options is not None else []
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(options) or 'none'}")
     return _REGISTRY[name](
         num_classes=int(num_classes),
         input_shape=tuple(int(d) for d in input_shape),
         normalization=normalization,
         **kwargs,
     )
+
+
+def _options(builder: Builder) -> list[str] | None:
+    """The keyword options of ``builder`` beyond the common three (``None``: it takes ``**kwargs``)."""
+    params = inspect.signature(builder).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in ("num_classes", "input_shape", "normalization")]
 
 
 def _import_builtin_families() -> None:
