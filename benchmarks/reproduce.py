@@ -28,7 +28,7 @@ import math
 import os
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import flags
 
@@ -73,6 +73,8 @@ def define_flags() -> None:
     flags.DEFINE_list("autoattack_seeds", ["0"], "Seeds whose students AutoAttack evaluates (a robust small_cnn takes "
                       "about 5 minutes for 200 digits on 2 idle cores).")
     flags.DEFINE_integer("ablation_autoattack_examples", 0, "AutoAttack digits of the ablation runs (0: none).")
+    flags.DEFINE_bool("report_only", False, "Train nothing: write the summary and tables of the runs finished so "
+                      "far (e.g. while the benchmark runs).")
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
 
 
@@ -101,24 +103,28 @@ def budget(f) -> dict[str, Any]:
 
 
 def _evaluate_extra(workdir: str, s: dict[str, Any], autoattack_examples: int, second_epsilon: float) -> dict:
-    """AutoAttack on the first ``autoattack_examples`` digits at eps, PGD-20/CW at the second eps;
-    cached in ``WORKDIR/extra.json``."""
+    """AutoAttack on the first ``autoattack_examples`` digits at eps (0: none), PGD-20/CW at the
+    second eps; each part cached in ``WORKDIR/extra.json`` and computed only when missing."""
     path = os.path.join(workdir, "extra.json")
+    extra: dict[str, Any] = {}
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            extra = json.load(f)
+    n = min(autoattack_examples, s["eval_examples"])
+    want_aa = n and extra.get("autoattack", {}).get("examples") != n
+    want_second = second_epsilon and extra.get("second_epsilon", {}).get("epsilon") != second_epsilon
+    if not (want_aa or want_second):
+        return extra
     from ardir_tf import data, evaluate, train
 
     model = train.load_model_file(os.path.join(workdir, "model.keras"))
     x, y = data.load_arrays("mnist5k", "test", examples=s["eval_examples"])
-    extra: dict[str, Any] = {}
-    if autoattack_examples:
-        n = min(autoattack_examples, len(x))
+    if want_aa:
         r = evaluate.evaluate(model, x[:n], y[:n], epsilon=s["epsilon"], attacks=["autoattack"], seed=s["seed"],
                               verbose=0, masking_check=False)
         extra["autoattack"] = {"examples": n, "accuracy": r["robust_accuracy"]["autoattack"],
                                "seconds": r["attacks"]["autoattack"]["seconds"]}
-    if second_epsilon:
+    if want_second:
         r = evaluate.evaluate(model, x, y, epsilon=second_epsilon, attacks=["pgd20", "cw"], seed=s["seed"], verbose=0)
         extra["second_epsilon"] = {"epsilon": second_epsilon, **r["robust_accuracy"]}
     train.write_json_atomic(path, extra)
@@ -127,14 +133,27 @@ def _evaluate_extra(workdir: str, s: dict[str, Any], autoattack_examples: int, s
 
 def run_one(s: dict[str, Any], workdir: str, teacher: str, autoattack_examples: int,
             second_epsilon: float) -> dict[str, Any]:
-    """Trains (or reuses) one run and returns its row: accuracies in [0, 1] and seconds."""
+    """Trains (or reuses) one run and returns its row (:func:`read_row`)."""
     from ardir_tf import train
 
-    start = time.time()
-    results = train.train_and_evaluate(s, workdir, teacher)
-    extra = _evaluate_extra(workdir, s, autoattack_examples, second_epsilon)
+    train.train_and_evaluate(s, workdir, teacher)
+    _evaluate_extra(workdir, s, autoattack_examples, second_epsilon)
+    return read_row(workdir)
+
+
+def read_row(workdir: str) -> Optional[dict[str, Any]]:
+    """A finished run's row (accuracies in [0, 1], training seconds), ``None`` if it has not finished."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    extra: dict[str, Any] = {}
+    if os.path.exists(os.path.join(workdir, "extra.json")):
+        with open(os.path.join(workdir, "extra.json")) as f:
+            extra = json.load(f)
     row = {"natural": results["natural_accuracy"], **{k: results["robust_accuracy"][k] for k in ("fgsm", "pgd20", "cw")},
-           "train_seconds": results["training"]["seconds"], "seconds": round(time.time() - start, 1)}
+           "train_seconds": results["training"]["seconds"]}
     if "autoattack" in extra:
         row["autoattack"] = extra["autoattack"]["accuracy"]
         row["autoattack_examples"] = extra["autoattack"]["examples"]
@@ -223,6 +242,11 @@ def reproduce(f) -> dict[str, Any]:
     def study(name: str, settings: dict[str, Any], run_seeds: Sequence[int], teacher: str, aa: int) -> None:
         for seed in run_seeds:
             workdir = os.path.join(out, name, f"seed-{seed}")
+            if f.report_only:
+                row = read_row(workdir)
+                if row is not None:
+                    runs.setdefault(name, []).append({"seed": seed, **row})
+                continue
             print(f"[{time.time() - start:7.0f}s] {name} seed {seed}", flush=True)
             row = run_one({**settings, "seed": seed}, workdir, teacher, aa, f.second_epsilon)
             runs.setdefault(name, []).append({"seed": seed, **row})
@@ -232,15 +256,22 @@ def reproduce(f) -> dict[str, Any]:
     study("teacher", teacher_settings, [0], "", aa_examples)
     teacher = os.path.join(out, "teacher", "seed-0", "model.keras")
     distill = lambda m: teacher if m in methods.DISTILLATION_METHODS else ""  # noqa: E731
-    # Seed-major order: an interrupted benchmark has whole seeds of the table, not whole methods.
+    # Seed-major order, AutoAttack last: an interrupted benchmark has whole seeds of the table.
     for seed in seeds:
         if "main" in f.studies:
             for m in f.methods:
-                aa = aa_examples if f.quick or str(seed) in f.autoattack_seeds else 0
-                study(f"main/{m}", {**base, "method": m}, [seed], distill(m), aa)
+                study(f"main/{m}", {**base, "method": m}, [seed], distill(m), 0)
         if "precision" in f.studies:
             study("precision/ardir-mixed_bfloat16", {**base, "method": "ardir", "precision": "mixed_bfloat16"},
                   [seed], teacher, 0)
+    if "main" in f.studies:
+        aa_seeds = [s for s in seeds if f.quick or str(s) in f.autoattack_seeds]
+        for m in f.methods:
+            runs[f"main/{m}"] = [r for r in runs.get(f"main/{m}", []) if r["seed"] not in aa_seeds]
+            study(f"main/{m}", {**base, "method": m}, aa_seeds, distill(m), aa_examples)
+        for m in f.methods:
+            runs[f"main/{m}"].sort(key=lambda r: r["seed"])
+        runs = {k: v for k, v in runs.items() if v}
     if "ablation" in f.studies:
         variants = f.ablation[:: max(1, len(f.ablation) - 1)] if f.quick else f.ablation
         for name in variants:
@@ -267,10 +298,13 @@ def reproduce(f) -> dict[str, Any]:
     if any(k.startswith("precision/") for k in table):
         prec = {k.split("/", 1)[-1]: v for k, v in table.items() if k in ("main/ardir",) or k.startswith("precision/")}
         md += ["", "## Precision", "", markdown_table(prec, f.second_epsilon, f.epsilon)]
-    md += ["", f"Total time: {summary['seconds'] / 60:.1f} min."]
+    trained = sum(r["train_seconds"] for rows in runs.values() for r in rows) / 60
+    md += ["", f"Training and evaluation of these runs: {trained:.0f} min (their own timers); this command: "
+           f"{summary['seconds'] / 60:.1f} min."]
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write("\n".join(md) + "\n")
-    plot(main, os.path.join(out, "robustness.png"), f.epsilon)
+    if main:
+        plot(main, os.path.join(out, "robustness.png"), f.epsilon)
     print("\n".join(md))
     return summary
 
