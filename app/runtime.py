@@ -341,7 +341,9 @@ class Bundle:
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_sum(loss_fn(x, labels))
-            return tape.gradient(loss, x)
+            # The serving signature takes any shape (to refuse bad ones clearly), so the gradient
+            # comes back with an unknown static shape; the attack loops need x's.
+            return tf.ensure_shape(tape.gradient(loss, x), x.shape)
 
         @tf.function(input_signature=spec)
         def fgsm(x, labels, eps, steps):
