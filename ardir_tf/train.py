@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -24,7 +25,7 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from ardir_tf import data, distribute, evaluate as evaluate_lib, methods, models
+from ardir_tf import data, distribute, evaluate as evaluate_lib, hardware, methods, models
 
 FLAGS = flags.FLAGS
 SETTINGS_FILE = "settings.json"
@@ -89,7 +90,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     D.DEFINE_enum("ardir_base", "ard", ["ard", "iad"], "ARDIR output loss.")
     D.DEFINE_enum("attack_objective", "ce", ["ce", "ardir"], "ARDIR training attack objective.")
     D.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                  "Training precision: mixed_bfloat16 uses CPU matrix units (AMX) and TPUs; mixed_float16 is for GPUs "
+                  "Training precision: mixed_bfloat16 uses CPU matrix units (AMX) and TPUs (on x86 CPUs without AVX-512 "
+                  "it is emulated and slower than float32); mixed_float16 is for GPUs "
                   "(with loss scaling). The saved model and every evaluation are float32.")
     D.DEFINE_integer("seed", 0, "Seed of initialisation, data order and attack noise.")
     D.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (bitwise-reproducible, slower).")
@@ -135,26 +137,6 @@ def load_model_file(path: str, what: str = "model") -> keras.Model:
                              "without Lambda layers") from None
         raise ValueError(f"{what} file {path!r} is not a loadable .keras model ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
-
-
-def teacher_for_precision(teacher: keras.Model, precision: str) -> keras.Model:
-    """The teacher as training runs it: itself for ``float32``, else a copy with the same weights
-    whose layers compute in ``precision`` (a loaded ``.keras`` teacher keeps the float32 policy it
-    was saved with, and a float32 teacher pass would cost several bfloat16 student passes; see
-    BUILD.md, "Speed"). Its outputs are cast back to float32 by the losses, as the student's are."""
-    if precision == "float32" or not isinstance(teacher, keras.Model) or not hasattr(teacher, "get_config"):
-        return teacher
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        config = teacher.get_config()
-        for layer in config.get("layers", []):
-            layer.get("config", {}).pop("dtype", None)
-        clone = teacher.__class__.from_config(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    clone.set_weights(teacher.get_weights())
-    return clone
 
 
 def parse_options(text: str) -> dict[str, Any]:
@@ -407,6 +389,10 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     x_train, y_train = data.load_arrays(s["dataset"], "train", s["data_dir"], examples=s["train_examples"] or None)
     x_test, y_test = data.load_arrays(s["dataset"], "test", s["data_dir"], examples=s["eval_examples"])
     normalization = (info.mean, info.std) if info.mean is not None else None
+    accelerators = len(tf.config.list_physical_devices("GPU")) + len(tf.config.list_physical_devices("TPU"))
+    slow = hardware.precision_warning(s.get("precision", "float32"), accelerators)
+    if slow:
+        print(f"warning: {slow}", file=sys.stderr)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(s.get("precision", "float32"))
     try:
