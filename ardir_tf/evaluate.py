@@ -113,8 +113,14 @@ def float32_model(model: keras.Model) -> keras.Model:
     """
     if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
         return model
+    return with_dtype_policy(model, "float32")
+
+
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of the functional ``model`` with the same weights whose layers use the Keras dtype
+    policy ``policy`` (``float32``, ``mixed_bfloat16``, ...)."""
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
+    keras.config.set_dtype_policy(policy)
     try:
         config = model.get_config()
         for layer in config.get("layers", []):

@@ -13,6 +13,7 @@ continues from the last completed epoch.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
@@ -115,6 +116,11 @@ class _Definer:
     def __getattr__(self, name):
         define = getattr(flags, name)
         return lambda *a, **k: define(*a, flag_values=self._fv, **k)
+
+
+def default_settings() -> dict[str, Any]:
+    """Every training flag at its default, in the form :func:`run` takes (a fresh copy)."""
+    return copy.deepcopy(_FLAG_DEFAULTS)
 
 
 def settings_from_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:

@@ -78,19 +78,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
 
 
-def _training_defaults() -> dict[str, Any]:
-    """The ``ardir_tf.train`` flag defaults, parsed in isolation from this program's flags."""
-    from ardir_tf import train
-
-    scratch = flags.FlagValues()
-    train.define_flags(scratch)
-    scratch(["reproduce"])
-    return train.settings_from_flags(scratch)
-
-
 def budget(f) -> dict[str, Any]:
     """The settings every run shares (one training budget), from this program's flags ``f``."""
-    s = _training_defaults()
+    from ardir_tf import train
+
+    s = train.default_settings()
     s.update(dataset="mnist5k", model=f.model, epochs=f.epochs, attack_steps=f.attack_steps, epsilon=f.epsilon,
              val_examples=0, eval_examples=f.eval_examples,
              eval_attacks=["fgsm", "pgd20", "cw"], progress=f.progress, deterministic=False,

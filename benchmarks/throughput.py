@@ -277,10 +277,7 @@ def _settings(method: str, info, K: int, batch_size: int, seed: int) -> dict:
     """The training flags' defaults for ``method`` on ``info`` (what ``python -m ardir_tf.train`` uses)."""
     from ardir_tf import train
 
-    fv = flags.FlagValues()
-    train.define_flags(fv)
-    fv(["throughput"])
-    values = train.settings_from_flags(fv)
+    values = train.default_settings()
     values.update(method=method, attack_steps=K, batch_size=batch_size, seed=seed, epsilon_warmup_epochs=0.0,
                   iad_begin=0)
     return train.resolve_settings(values, info)
@@ -288,21 +285,9 @@ def _settings(method: str, info, K: int, batch_size: int, seed: int) -> dict:
 
 def with_precision(model, precision: str):
     """``model`` itself for float32, else a copy with the same weights computing in ``precision``."""
-    import keras
+    from ardir_tf import evaluate
 
-    if precision == "float32":
-        return model
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(precision)
-    try:
-        config = model.get_config()
-        for layer in config.get("layers", []):
-            layer.get("config", {}).pop("dtype", None)
-        clone = model.__class__.from_config(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    clone.set_weights(model.get_weights())
-    return clone
+    return model if precision == "float32" else evaluate.with_dtype_policy(model, precision)
 
 
 def bf16_probe(batch_size: int, size: int = 32, channels: int = 64, repeats: int = 2) -> dict:

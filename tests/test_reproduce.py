@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from ardir_tf import train
 from benchmarks import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +39,7 @@ def test_aggregate_is_mean_and_sample_std():
 
 
 def test_every_ablation_variant_changes_one_valid_training_setting():
-    defaults = reproduce._training_defaults()
+    defaults = train.default_settings()
     for name, change in reproduce.ABLATION.items():
         assert len(change) == 1 and set(change) <= set(defaults), name
         assert defaults[next(iter(change))] != next(iter(change.values())), f"{name} is the default"
