@@ -9,8 +9,8 @@
 - ``tpu``: ``TPUStrategy`` on a TPU VM (``tpu_address`` empty) or the named / ``grpc://`` TPU.
 
 Build the student, load the teacher, build and compile the trainer under ``strategy.scope()``,
-then call ``trainer.fit`` (or :func:`fit`, for any Keras model). Keras' ``fit`` runs where it
-works; under ``MultiWorkerMirroredStrategy`` it does not (keras-team/keras#20585,
+then call ``trainer.fit`` (``AdversarialTrainer.fit`` picks the loop). Keras' ``fit`` runs where
+it works; under ``MultiWorkerMirroredStrategy`` it does not (keras-team/keras#20585,
 tensorflow/tensorflow#72388), and :func:`custom_fit` runs instead: the trainer's own
 ``train_step`` / ``test_step`` per replica through ``strategy.run``, driving the same callbacks, so
 progress, logs, checkpoints and ``TerminateOnNaN`` behave as under ``fit``.
@@ -90,7 +90,7 @@ def _make_strategy(name: str, tpu_address: str) -> tf.distribute.Strategy:
 
 
 def uses_fit(strategy: tf.distribute.Strategy) -> bool:
-    """Whether :func:`fit` runs Keras' ``fit`` (``True``) or :func:`custom_fit` under ``strategy``.
+    """Whether ``AdversarialTrainer.fit`` runs Keras' ``fit`` (``True``) or :func:`custom_fit` under ``strategy``.
 
     Keras 3 (checked up to 3.15.1) cannot ``fit`` under ``MultiWorkerMirroredStrategy``: its eager
     ``strategy.reduce`` of the first batch raises ``ValueError: Attempt to convert a value
@@ -193,29 +193,6 @@ def synchronize_batch_norm(model: keras.Model) -> int:
 
 
 # ------------------------------------------------------------------------------------ training
-def fit(
-    trainer: keras.Model,
-    dataset: tf.data.Dataset,
-    *,
-    epochs: int = 1,
-    initial_epoch: int = 0,
-    steps_per_epoch: Optional[int] = None,
-    validation_data: Optional[tf.data.Dataset] = None,
-    callbacks: Optional[list] = None,
-    verbose: int = 1,
-) -> keras.callbacks.History:
-    """Trains ``trainer`` under the strategy it was built in: Keras' ``fit`` if
-    :func:`uses_fit`, else :func:`custom_fit` (same arguments, same callbacks' effects).
-
-    ``dataset`` yields global batches (an infinite dataset needs ``steps_per_epoch``).
-    """
-    if uses_fit(trainer.distribute_strategy):
-        return trainer.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                           validation_data=validation_data, callbacks=callbacks, verbose=verbose, shuffle=False)
-    return custom_fit(trainer, dataset, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                      validation_data=validation_data, callbacks=callbacks, verbose=verbose)
-
-
 def custom_fit(
     trainer: keras.Model,
     dataset: tf.data.Dataset,

@@ -433,8 +433,8 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     ]
     start = time.time()
     print(f"training {s['method']} {s['model']} on {info.name} for {s['epochs']} epochs into {workdir}")
-    distribute.fit(trainer, train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
-                   validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]])
+    trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]])
     if writer.completed_epochs() < s["epochs"]:
         done = writer.completed_epochs()
         raise ValueError(f"training stopped at a non-finite loss in epoch {done + 1}; the last good checkpoint ({done} "

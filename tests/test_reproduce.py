@@ -45,6 +45,18 @@ def test_every_ablation_variant_changes_one_valid_training_setting():
         assert defaults[next(iter(change))] != next(iter(change.values())), f"{name} is the default"
 
 
+def test_every_control_is_a_main_method_with_one_other_valid_setting():
+    from ardir_tf import methods
+
+    defaults = train.default_settings()
+    for name, change in reproduce.CONTROLS.items():
+        method = change["method"]
+        rest = {k: v for k, v in change.items() if k != "method"}
+        assert method in reproduce.METHODS and len(rest) == 1 and set(rest) <= set(defaults), name
+        # the changed setting is not what the main table's run of that method uses
+        assert methods.get(method).default_random_start != rest["random_start"], name
+
+
 @pytest.mark.parametrize("args, message", [
     (["--output_dir=x", "--methods=pgd_at,nope"], "unknown method, ablation variant or study: nope"),
     (["--output_dir=x", "--epsilon=2"], "--epsilon must be in (0, 1]"),
