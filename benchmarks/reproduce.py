@@ -7,7 +7,8 @@ PGD-20 / CW at ``--second_epsilon``. Then (``--studies``):
 
 * ``ablation``: ARDIR with one setting changed at a time (layers, distance, gamma, teacher IR
   input, attack objective, base loss), ``--ablation_seeds`` seeds each;
-* ``controls``: RSLAD and TRADES from a uniform random start (:data:`CONTROLS`), the main seeds;
+* ``controls``: RSLAD and TRADES from a uniform random start (:data:`CONTROLS`), the main seeds,
+  AutoAttack as in the main table;
 * ``precision``: ARDIR trained under ``mixed_bfloat16`` with the main seeds, beside float32.
 
 Every run lives in its own directory under ``--output_dir`` (``main/<method>/seed-<n>``,
@@ -55,8 +56,8 @@ ABLATION: dict[str, dict[str, Any]] = {
 # which the evaluation's larger steps (eps/4) do; the same method from a uniform start tells
 # whether that start, not the loss, is what leaves RSLAD weak at eps 0.3.
 CONTROLS: dict[str, dict[str, Any]] = {
-    "rslad:random_start=uniform": {"method": "rslad", "random_start": "uniform"},
-    "trades:random_start=uniform": {"method": "trades", "random_start": "uniform"},
+    "rslad/random_start=uniform": {"method": "rslad", "random_start": "uniform"},
+    "trades/random_start=uniform": {"method": "trades", "random_start": "uniform"},
 }
 ROBUST_KEYS = ("fgsm", "pgd20", "cw", "autoattack")
 
@@ -268,14 +269,16 @@ def reproduce(f) -> dict[str, Any]:
         if "precision" in f.studies:
             study("precision/ardir-mixed_bfloat16", {**base, "method": "ardir", "precision": "mixed_bfloat16"},
                   [seed], teacher, 0)
-    if "main" in f.studies:
-        aa_seeds = [s for s in seeds if f.quick or str(s) in f.autoattack_seeds]
-        for m in f.methods:
-            runs[f"main/{m}"] = [r for r in runs.get(f"main/{m}", []) if r["seed"] not in aa_seeds]
-            study(f"main/{m}", {**base, "method": m}, aa_seeds, distill(m), aa_examples)
-        for m in f.methods:
-            runs[f"main/{m}"].sort(key=lambda r: r["seed"])
-        runs = {k: v for k, v in runs.items() if v}
+    # AutoAttack of the main table's and the controls' runs of --autoattack_seeds.
+    attacked = {f"main/{m}": {**base, "method": m} for m in f.methods} if "main" in f.studies else {}
+    if "controls" in f.studies:
+        attacked.update({f"controls/{name}": {**base, **change} for name, change in CONTROLS.items()})
+    aa_seeds = [s for s in seeds if f.quick or str(s) in f.autoattack_seeds]
+    for name, settings in attacked.items():
+        runs[name] = [r for r in runs.get(name, []) if r["seed"] not in aa_seeds]
+        study(name, settings, aa_seeds, distill(settings["method"]), aa_examples)
+        runs[name].sort(key=lambda r: r["seed"])
+    runs = {k: v for k, v in runs.items() if v}
     if "ablation" in f.studies:
         variants = f.ablation[:: max(1, len(f.ablation) - 1)] if f.quick else f.ablation
         for name in variants:

@@ -100,3 +100,25 @@ def test_quick_mode_writes_every_run_and_the_tables(tmp_path):
         rerun = json.load(f)["runs"]
     strip = lambda runs: {k: [{m: v for m, v in r.items() if m != "seconds"} for r in rows] for k, rows in runs.items()}  # noqa: E731
     assert strip(rerun) == strip(summary["runs"])
+
+
+def test_report_only_tabulates_the_controls_beside_their_main_rows(tmp_path):
+    def finished(run, pgd20):
+        os.makedirs(tmp_path / run)
+        results = {"natural_accuracy": 0.9, "robust_accuracy": {"fgsm": 0.8, "pgd20": pgd20, "cw": pgd20},
+                   "training": {"seconds": 60.0}}
+        (tmp_path / run / "results.json").write_text(json.dumps(results))
+
+    finished("main/rslad/seed-0", 0.25)
+    finished("main/rslad/seed-1", 0.35)
+    finished("controls/rslad/random_start=uniform/seed-0", 0.6)
+    proc = cli(f"--output_dir={tmp_path}", "--report_only", "--studies=main,controls", "--methods=rslad",
+               "--seeds=0,1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["runs"]) == {"main/rslad", "controls/rslad/random_start=uniform"}
+    assert summary["table"]["main/rslad"]["pgd20"]["mean"] == pytest.approx(0.3)
+    controls = (tmp_path / "results.md").read_text().split("## Controls", 1)[1]
+    assert "| rslad | 2 | 90.0 ± 0.0 | 80.0 ± 0.0 | 30.0 ± 7.1 |" in controls
+    assert "| rslad/random_start=uniform | 1 | 90.0 | 80.0 | 60.0 |" in controls
+    assert "training " not in proc.stdout
