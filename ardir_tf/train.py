@@ -434,7 +434,7 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     start = time.time()
     print(f"training {s['method']} {s['model']} on {info.name} for {s['epochs']} epochs into {workdir}")
     trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
-                validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]])
+                validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]], shuffle=False)
     if writer.completed_epochs() < s["epochs"]:
         done = writer.completed_epochs()
         raise ValueError(f"training stopped at a non-finite loss in epoch {done + 1}; the last good checkpoint ({done} "
