@@ -15,28 +15,26 @@ from typing import Optional
 _CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+def _cpuinfo(field: str) -> Optional[str]:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (``None`` where there is none)."""
     try:
         with open(_CPUINFO) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from ``/proc/cpuinfo`` (empty where there is none, e.g. macOS)."""
+    return frozenset((_cpuinfo("flags") or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name (``platform.processor()`` where ``/proc/cpuinfo`` is missing)."""
-    try:
-        with open(_CPUINFO) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _x86() -> bool:
