@@ -73,7 +73,7 @@ def build(case: str):
     raise ValueError(case)
 
 
-_ARDIR_IAD = {"iad_begin": 0}
+_ARDIR_IAD = {"begin": 0}
 
 
 def losses_of(case: str) -> tuple[float, float]:
@@ -87,14 +87,15 @@ def losses_of(case: str) -> tuple[float, float]:
     return fixed, attacked
 
 
-# Recorded from the code before the refactor (commit of this file).
+# Recorded from the code before the refactor (commit 384fd95).
 PINNED: dict[str, tuple[float, float]] = {
     "standard": (2.286402463912964, 2.286402463912964),
     "pgd_at": (2.2894604206085205, 2.381382703781128),
     "trades": (2.2867064476013184, 2.2972946166992188),
     "ard": (0.00016150398005265743, 0.0002577910490799695),
     "ard_alpha_batchmean": (0.5728090405464172, 0.5735296010971069),
-    "rslad": (0.0015711815794929862, 0.007045608479529619),
+    # before the fix (batchmean): (0.0015711815794929862, 0.007045608479529619); now elementmean, / C
+    "rslad": (0.0015711815794929862 / NUM_CLASSES, 0.007045608479529619 / NUM_CLASSES),
     "iad": (0.00016087490075733513, 0.00026917026843875647),
     "iad_alpha": (0.4574117958545685, 0.45752301812171936),
     "iad_before_begin": (0.00015983614139258862, 0.0002551486832089722),

@@ -32,7 +32,9 @@ def validate(epsilon: Any, step_size: Any, steps: Any, norm: str, random_start: 
     if random_start not in RANDOM_STARTS:
         raise ValueError(f"unknown random_start {random_start!r}; use one of {RANDOM_STARTS}")
     if _is_number(epsilon) and (epsilon < 0 or (norm == "linf" and epsilon > 1)):
-        raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {epsilon}")
+        # An integer above 1 is almost always a radius in 0..255 pixel units (8 meant as 8/255).
+        hint = f" (did you mean {int(epsilon)}/255?)" if epsilon > 1 and float(epsilon).is_integer() else ""
+        raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {epsilon:g}{hint}")
     if _is_number(steps) and (int(steps) != steps or steps < 0):
         raise ValueError(f"attack steps must be a non-negative integer, got {steps}")
     zero_ball = _is_number(epsilon) and epsilon == 0
