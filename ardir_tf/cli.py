@@ -71,3 +71,27 @@ def run(main: Callable[[list[str]], None]) -> None:
             _fail(message)
 
     app.run(wrapped, flags_parser=parse_flags)
+
+
+class FractionParser(flags.FloatParser):
+    """A float flag that also takes a fraction ``a/b`` (``--epsilon=8/255``)."""
+
+    syntactic_help = "a number or a fraction a/b"
+
+    def convert(self, argument):
+        if isinstance(argument, str) and "/" in argument:
+            numerator, _, denominator = argument.partition("/")
+            try:
+                numerator, denominator = float(numerator), float(denominator)
+            except ValueError:
+                raise ValueError(f"{argument!r} is not a number or a fraction a/b") from None
+            if denominator == 0:
+                raise ValueError(f"{argument!r} divides by zero")
+            return numerator / denominator
+        return super().convert(argument)
+
+
+def define_fraction(name: str, default: float | None, help: str, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines a float flag ``name`` that also accepts a fraction ``a/b`` (:class:`FractionParser`)."""
+    flags.DEFINE(FractionParser(), name, default, help, serializer=flags.ArgumentSerializer(),
+                 flag_values=flag_values)

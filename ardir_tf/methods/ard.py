@@ -56,7 +56,7 @@ class ARDLoss:
     @property
     def terms(self) -> tuple[str, ...]:
         """Names of the terms :meth:`__call__` reports."""
-        return ("kl",) + (("ce",) if self.needs_natural else ())
+        return ("kl",) + (("ce",) if self.alpha < 1 else ())
 
     @property
     def needs_natural(self) -> bool:
@@ -81,7 +81,7 @@ class ARDLoss:
         kl = self.alpha * self.temperature**2 * losses.kl_divergence(
             teacher_logits, adversarial_logits, self.temperature, self.kl_reduction)
         terms = {"kl": kl}
-        if self.needs_natural:
+        if self.alpha < 1:
             terms["ce"] = (1.0 - self.alpha) * losses.cross_entropy(labels, natural_logits)
         return sum(terms.values()), terms
 
