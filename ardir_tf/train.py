@@ -174,9 +174,10 @@ def check_settings_used(values: dict[str, Any], explicit: list[str]) -> None:
     if method in methods.DISTILLATION_METHODS and values.get("teacher"):
         context += " and a given --teacher" if context else " with a given --teacher"
     names = ", ".join(f"--{n}" for n in unused)
-    takes = ", ".join(f"--{n}" for n in methods.get(method).settings_for(values)) or "none of the methods' own settings"
+    own = ", ".join(f"--{n}" for n in methods.get(method).settings_for(values))
+    own = f"its own settings: {own}" if own else "it has no settings of its own"
     raise ValueError(f"{names} {'is' if len(unused) == 1 else 'are'} not used by --method={method}{context} "
-                     f"(its own settings: {takes}); remove {'it' if len(unused) == 1 else 'them'}")
+                     f"({own}); remove {'it' if len(unused) == 1 else 'them'}")
 
 
 # --------------------------------------------------------------------------------------- helpers
