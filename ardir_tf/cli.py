@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 FLAGFILE_DIR = "flags"
+# Flags that helpers here define (define_fraction) belong to the module that calls them: its --help lists them.
+flags.disclaim_key_flags()
 
 
 class UsageError(ValueError):

@@ -269,3 +269,12 @@ def test_build_trainer_passes_each_method_its_declared_settings():
                                    student, teacher)
     assert defaults.kl_reduction == "elementmean"  # the reference's scale (issue 16)
     assert defaults.attack == methods.AttackConfig(0.3, 0.1, 10, "linf", "normal", "kl_teacher", False)
+
+
+def test_fraction_flags_are_listed_in_the_train_help():
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    key_flags = {f.name for f in fv.get_key_flags_for_module(train.__name__)}
+    assert {"epsilon", "attack_step_size", "rslad_adversarial_weight", "method"} <= key_flags
+    fv(["prog", "--epsilon=8/255", "--rslad_adversarial_weight=5/6"])
+    assert fv.epsilon == 8 / 255 and fv.rslad_adversarial_weight == 5 / 6
