@@ -13,7 +13,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ardir_tf.attacks import fgsm, objectives, pgd, project, validate
+from ardir_tf.attacks import fgsm, objectives, pgd, primitives, project, validate
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -261,9 +261,9 @@ def test_ce_objective_matches_numpy_and_reads_logits_of_feature_outputs():
 def test_margin_hand_values():
     z = np.array([[1.0, 5.0, 3.0], [1.0, 5.0, 3.0], [2.0, 2.0, 0.0], [-4.0, -1.0, -9.0]], np.float32)
     y = np.array([1, 0, 0, 2])
-    # y=1: 3 - 5 = -2 (correct, margin 2); y=0: 5 - 1 = 4; tie: 0; y=2: -1 - (-9) = 8
-    np.testing.assert_allclose(objectives.margin(z, y).numpy(), [-2.0, 4.0, 0.0, 8.0], atol=1e-6)
-    assert objectives.margin(tf.cast(z, tf.bfloat16), y).dtype == tf.float32
+    # z_y - max_{j!=y} z_j; y=1: 5 - 3 = 2 (correct); y=0: 1 - 5 = -4; tie: 0; y=2: -9 - (-1) = -8
+    np.testing.assert_allclose(primitives.margin(z, y).numpy(), [2.0, -4.0, 0.0, -8.0], atol=1e-6)
+    assert primitives.margin(tf.cast(z, tf.bfloat16), y).dtype == tf.float32
 
 
 def test_cw_objective_is_the_margin_clipped_at_kappa():
@@ -299,8 +299,9 @@ def test_kl_objectives_match_numpy_and_hold_the_reference_fixed(name):
 def test_objectives_get_resolves_names_and_passes_callables():
     assert objectives.get("ce") is objectives.ce
     assert objectives.get("cw") is objectives.cw
-    assert objectives.get("trades") is objectives.trades
-    assert objectives.get("kl_teacher") is objectives.kl_teacher
+    # TRADES' and RSLAD's attack objectives are one KL function under two public names
+    assert objectives.get("trades") is objectives.get("kl_teacher") is objectives.get("kl") is objectives.kl
+    assert objectives.trades is objectives.kl_teacher is objectives.kl
 
     def mine(outputs, labels, reference):
         return tf.zeros(tf.shape(outputs)[:1])

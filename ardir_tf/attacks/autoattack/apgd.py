@@ -2,7 +2,7 @@
 
 The algorithm, as in the paper (Algorithm 1), for each example independently:
 
-* ``x^0`` a random point of the ball (see :func:`common.random_start`), step size ``eta^0 = 2 eps``.
+* ``x^0`` a random point of the ball (:func:`ardir_tf.attacks.primitives.random_start`, L2: on the sphere), step size ``eta^0 = 2 eps``.
 * ``x^1 = P(x^0 + eta^0 * dir(grad f(x^0)))`` (no momentum on the first step), then for ``k >= 1``::
 
       z^{k+1} = P(x^k + eta^k * dir(grad f(x^k)))
@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf.attacks.autoattack import common
+from ardir_tf.attacks import primitives
 from ardir_tf.attacks.autoattack import losses as losses_lib
 
 #: the paper's constants
@@ -104,7 +104,7 @@ class APGD:
 
     def __init__(self, model: Callable, *, norm: str = "linf", loss: str = "ce", steps: int = 100,
                  rho: float = RHO, momentum: float = MOMENTUM, seed: Optional[int] = 0):
-        common.check_norm(norm)
+        primitives.check_norm(norm)
         if loss not in losses_lib.LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; use one of {sorted(losses_lib.LOSSES)}")
         self.model, self.norm, self.loss_name, self.steps = model, norm, loss, int(steps)
@@ -135,15 +135,15 @@ class APGD:
             loss = self.loss_fn(logits, y, target)
             total = tf.reduce_sum(loss)
         grad = tape.gradient(total, x)
-        return tf.cast(loss, tf.float32), tf.cast(grad, tf.float32), common.predictions(logits)
+        return tf.cast(loss, tf.float32), tf.cast(grad, tf.float32), primitives.predictions(logits)
 
     def _run(self, x, y, target, eps):
         norm = self.norm
 
         def where(mask, a, b):
-            return tf.where(common.expand(mask, a) if a.shape.rank > 1 else mask, a, b)
+            return tf.where(primitives.expand(mask, a) if a.shape.rank > 1 else mask, a, b)
 
-        x0 = common.random_start(x, eps, norm, self.rng)
+        x0 = primitives.random_start(x, eps, norm, "uniform", self.rng, l2_radius="sphere")
         loss0, grad0, pred0 = self._loss_grad(x0, y, target)
         broken0 = tf.not_equal(pred0, y)
         batch = tf.shape(x)[0]
@@ -161,9 +161,9 @@ class APGD:
         def body(s):
             k = s["k"]
             alpha = tf.where(k == 1, 1.0, self.momentum)
-            step = common.expand(s["step"], x)
-            z = common.project(x, s["x_cur"] + step * common.normalized_direction(s["grad"], norm), eps, norm)
-            x_new = common.project(
+            step = primitives.expand(s["step"], x)
+            z = primitives.project_to_threat(x, s["x_cur"] + step * primitives.ascent_direction(s["grad"], norm), eps, norm)
+            x_new = primitives.project_to_threat(
                 x, s["x_cur"] + alpha * (z - s["x_cur"]) + (1.0 - alpha) * (s["x_cur"] - s["x_prev"]), eps, norm)
             loss, grad, pred = self._loss_grad(x_new, y, target)
             newly = tf.logical_and(tf.not_equal(pred, y), tf.logical_not(s["broken"]))

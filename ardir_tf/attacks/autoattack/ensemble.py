@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf.attacks import primitives
 from ardir_tf.attacks.autoattack import common
 from ardir_tf.attacks.autoattack.apgd import APGD
 from ardir_tf.attacks.autoattack.fab import FABTargeted
@@ -71,7 +72,7 @@ class AutoAttack:
     def __init__(self, model: Callable, *, norm: str = "linf", attacks: Sequence[str] = STANDARD,
                  apgd_steps: int = 100, fab_steps: int = 100, targets: int = 9, square_queries: int = 5000,
                  batch_size: int = 500, seed: int = 0):
-        common.check_norm(norm)
+        primitives.check_norm(norm)
         unknown = [a for a in attacks if a not in MEMBERS]
         if unknown:
             raise ValueError(f"unknown AutoAttack member(s) {', '.join(unknown)}; use any of {', '.join(MEMBERS)}")

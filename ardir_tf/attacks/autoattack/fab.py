@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from ardir_tf.attacks.autoattack import common
+from ardir_tf.attacks import primitives
 
 ALPHA_MAX = 0.1
 ETA = 1.05
@@ -99,7 +99,7 @@ class FABTargeted:
 
     def __init__(self, model: Callable, *, norm: str = "linf", steps: int = 100, alpha_max: float = ALPHA_MAX,
                  eta: float = ETA, beta: float = BETA, seed: Optional[int] = 0):
-        common.check_norm(norm)
+        primitives.check_norm(norm)
         self.model, self.norm, self.steps = model, norm, int(steps)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
         self._compiled = tf.function(self._run, reduce_retracing=True)
@@ -130,7 +130,7 @@ class FABTargeted:
         x_flat = flat(x)
 
         def predicted(points):
-            return common.predictions(self.model(points, training=False))
+            return primitives.predictions(self.model(points, training=False))
 
         best_norm0 = tf.fill([batch], float("inf"))
 
@@ -144,21 +144,21 @@ class FABTargeted:
             delta = project_hyperplane_box(w, -f, -cur, 1.0 - cur, norm)
             c_orig = -f - tf.reduce_sum(w * (x_flat - cur), axis=-1)
             delta_o = project_hyperplane_box(w, c_orig, -x_flat, 1.0 - x_flat, norm)
-            n_d = common.batch_norm(delta, norm)
-            n_o = common.batch_norm(delta_o, norm)
+            n_d = primitives.per_example_norm(delta, norm)
+            n_o = primitives.per_example_norm(delta_o, norm)
             alpha = tf.minimum(tf.math.divide_no_nan(n_d, n_d + n_o), self.alpha_max)[:, None]
             nxt = tf.clip_by_value(
                 (1.0 - alpha) * (cur + self.eta * delta) + alpha * (x_flat + self.eta * delta_o), 0.0, 1.0)
             x_next = tf.reshape(nxt, tf.shape(x))
             adversarial = tf.not_equal(predicted(x_next), y)
-            dist = common.batch_norm(nxt - x_flat, norm)
+            dist = primitives.per_example_norm(nxt - x_flat, norm)
             better = tf.logical_and(adversarial, dist < best_norm)
-            x_best = tf.where(common.expand(better, x), x_next, x_best)
+            x_best = tf.where(primitives.expand(better, x), x_next, x_best)
             best_norm = tf.where(better, dist, best_norm)
-            x_next = tf.where(common.expand(adversarial, x), (1.0 - self.beta) * x + self.beta * x_next, x_next)
+            x_next = tf.where(primitives.expand(adversarial, x), (1.0 - self.beta) * x + self.beta * x_next, x_next)
             return k + 1, x_next, x_best, best_norm
 
         _, _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x, x, best_norm0), parallel_iterations=1)
-        x_adv = common.project(x, x_best, eps, norm)
+        x_adv = primitives.project_to_threat(x, x_best, eps, norm)
         broken = tf.not_equal(predicted(x_adv), y)
         return tf.stop_gradient(x_adv), broken
