@@ -185,8 +185,8 @@ class Square:
         self.model, self.norm, self.queries, self.p_init = model, norm, int(queries), float(p_init)
         self.chunk = int(chunk)
         self.rng = tf.random.Generator.from_seed(0 if seed is None else int(seed))
-        self._init = tf.function(self._initial, reduce_retracing=True)
-        self._steps = tf.function(self._iterate, reduce_retracing=True)
+        self._init = primitives.BatchGeneric(self._initial)
+        self._steps = primitives.BatchGeneric(self._iterate)
 
     def _margin(self, points, y):
         return primitives.margin(self.model(points, training=False), y)
