@@ -80,14 +80,15 @@ def masking_warnings(results: dict) -> list[str]:
     examples = results.get("examples") or 0
     for name, info in results.get("attacks", {}).items():
         members = info.get("members") or {}
-        if "square" not in members or list(members) == ["square"] or not examples:  # alone: see above
+        if "square" not in members or name == "square" or not examples:  # Square alone: see above
             continue
         extra = members["square"]["broken"] / examples
         if extra > TOLERANCE:
             before = list(members)[:list(members).index("square")]
             out.append(f"inside AutoAttack ({name}), the black-box Square attack broke {_pct(extra)}% of the examples "
-                       f"that survived the white-box attacks before it ({', '.join(before)}): gradients are probably "
-                       f"masked or the white-box budget is too small; {next_step(results, info.get('version'))}")
+                       "that survived the white-box attacks before it" + (f" ({', '.join(before)})" if before else "")
+                       + ": gradients are probably masked or the white-box budget is too small; "
+                       + next_step(results, info.get("version")))
     check = results.get("masking_check")
     if check and check["robust_accuracy"] > MAX_ACCURACY_AT_LARGE_EPS:
         out.append(f"PGD-50 at eps={check['epsilon']:g} (where every image can be turned into the same gray image) "
