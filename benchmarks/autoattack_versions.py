@@ -71,12 +71,14 @@ def main(argv) -> None:
               flush=True)
     out["load_after"] = list(os.getloadavg())
     if {"standard", "plus"} <= set(robust):
-        out["plus_over_standard"] = round(out["versions"]["plus"]["seconds"] / out["versions"]["standard"]["seconds"], 2)
+        seconds = {v: out["versions"][v]["seconds"] for v in ("standard", "plus")}
+        out["plus_over_standard"] = round(seconds["plus"] / seconds["standard"], 2)
         out["only_plus_broke"] = [int(i) for i in np.flatnonzero(robust["standard"] & ~robust["plus"])]
         out["only_standard_broke"] = [int(i) for i in np.flatnonzero(robust["plus"] & ~robust["standard"])]
-        print(f"plus / standard time: {out['plus_over_standard']}x; examples only plus broke: {out['only_plus_broke']}; "
-              f"only standard broke: {out['only_standard_broke']}")
-    print(f"CPU: {out['cpu']} ({out['cpus']} cores); load average before {out['load_before']}, after {out['load_after']}")
+        print(f"plus / standard time: {out['plus_over_standard']}x; examples only plus broke: "
+              f"{out['only_plus_broke']}; only standard broke: {out['only_standard_broke']}")
+    print(f"CPU: {out['cpu']} ({out['cpus']} cores); load average before {out['load_before']}, "
+          f"after {out['load_after']}")
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(out, f, indent=2)

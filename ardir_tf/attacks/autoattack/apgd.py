@@ -2,7 +2,8 @@
 
 The algorithm, as in the paper (Algorithm 1), for each example independently:
 
-* ``x^0`` a random point of the ball (:func:`ardir_tf.attacks.primitives.random_start`, L2: on the sphere), step size ``eta^0 = 2 eps``.
+* ``x^0`` a random point of the ball (:func:`ardir_tf.attacks.primitives.random_start`; L2: on the
+  sphere), step size ``eta^0 = 2 eps``.
 * ``x^1 = P(x^0 + eta^0 * dir(grad f(x^0)))`` (no momentum on the first step), then for ``k >= 1``::
 
       z^{k+1} = P(x^k + eta^k * dir(grad f(x^k)))
@@ -182,7 +183,8 @@ class APGD:
             k = s["k"]
             alpha = tf.where(k == 1, 1.0, self.momentum)
             step = primitives.expand(s["step"], x)
-            z = primitives.project_to_threat(x, s["x_cur"] + step * primitives.ascent_direction(s["grad"], norm), eps, norm)
+            z = primitives.project_to_threat(
+                x, s["x_cur"] + step * primitives.ascent_direction(s["grad"], norm), eps, norm)
             x_new = primitives.project_to_threat(
                 x, s["x_cur"] + alpha * (z - s["x_cur"]) + (1.0 - alpha) * (s["x_cur"] - s["x_prev"]), eps, norm)
             loss, grad, pred = self._loss_grad(x_new, y, target)
