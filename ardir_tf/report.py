@@ -133,11 +133,13 @@ def markdown(results: dict, images: Sequence[str] = ()) -> str:
     for key in _attack_keys(ra):
         members = attacks.get(key, {}).get("members")
         if members and len(members) > 1:
-            lines += ["", f"### {key}: accuracy after each member (cumulative)", "",
-                      "| member | accuracy after it (%) | attacked | broken | seconds |", "|---|---:|---:|---:|---:|"]
+            version = attacks.get(key, {}).get("version", "-")
+            lines += ["", f"### {key} (version: {version}): accuracy after each member (cumulative)", "",
+                      "| member | restarts | accuracy after it (%) | attacked | broken | seconds |",
+                      "|---|---:|---:|---:|---:|---:|"]
             for name, m in members.items():
-                lines.append(f"| {name} | {_pct(m['robust_accuracy'])} | {m['attacked']} | {m['broken']} | "
-                             f"{m['seconds']} |")
+                lines.append(f"| {name} | {m.get('restarts', 1)} | {_pct(m['robust_accuracy'])} | {m['attacked']} | "
+                             f"{m['broken']} | {m['seconds']} |")
     check = results.get("masking_check")
     if check:
         lines += ["", f"Masking check: {check['attack']} at eps = {check['epsilon']:g} leaves "
