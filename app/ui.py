@@ -361,7 +361,7 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
             f"one is fooled by changes a person barely sees. Models: "
             + ", ".join(f"**{html.escape(b.name)}** ({r})" for b, r in zip(bundles, demo_logic.roles))
             + f", trained on {html.escape(dataset)} ({w}x{h}, {'grayscale' if c == 1 else 'RGB'}). "
-            "Each model is attacked on its own clean prediction (white-box, its exported SavedModel)."
+            "Each model is attacked on its own clean prediction (white-box, by its SavedModel's own attack signatures)."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):

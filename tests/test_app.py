@@ -93,7 +93,10 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 def _make_bundle(kind: str, root: str) -> str:
     out = os.path.join(root, kind)
     if os.path.isfile(os.path.join(out, "model_card.json")):
-        return out
+        if "pgd" in _card(out)["artifacts"]["saved_model"]["signatures"]:
+            return out
+        for stale in (out, os.path.join(root, f"{kind}-run")):  # kept from before the attack signatures
+            shutil.rmtree(stale)
     proc = _run(["-c", MAKE_BUNDLE, os.path.join(root, f"{kind}-run"), out, str(EXAMPLES), *TRAIN_COMMON, *TRAIN[kind]])
     assert proc.returncode == 0, f"training or export of {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return out
@@ -135,7 +138,8 @@ def server(bundles, tmp_path_factory):
                 pytest.fail(f"the app exited with status {proc.returncode}:\n{log.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url + "/config", timeout=5) as r:
-                    if r.status == 200:
+                    # The app prints its address once launch() returns, just after the server answers.
+                    if r.status == 200 and "Running on local URL" in log.read_text():
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -431,6 +435,45 @@ def test_browser_runs_an_attack(chromium, server, tmp_path):
 
 
 # ------------------------------------------------------------------------ pieces, no server
+def test_demo_attacks_are_the_library_attacks(bundles):
+    """The demo's FGSM, PGD and CW (the bundle's signatures, called by ``Bundle.attack``) compute
+    what ``ardir_tf.attacks`` computes on the trained Keras model, same images, labels and seed, and
+    they fool the standard model as the demo's own copy did."""
+    import keras
+    import tensorflow as tf
+
+    from app.runtime import SEED, STEP_FRACTION, Bundle, load_image
+    from ardir_tf.attacks.fgsm import fgsm
+    from ardir_tf.attacks.pgd import pgd
+
+    bundle = Bundle(bundles["standard"])
+    model = keras.models.load_model(os.path.join(os.path.dirname(bundles["standard"]), "standard-run", "model.keras"),
+                                    compile=False)
+    x = np.stack([load_image(e.path, bundle.shape)[0] for e in bundle.examples])
+    p_clean = bundle.predict(x)
+    labels = p_clean.argmax(1).astype(np.int32)
+    eps, steps = MODERATE_EPS, 10
+    seed = tf.constant(SEED, tf.int64)
+    library = {
+        "FGSM": lambda: fgsm(model, x, labels, epsilon=eps),
+        "PGD": lambda: pgd(model, x, labels, epsilon=eps, step_size=STEP_FRACTION * eps, steps=steps, seed=seed),
+        "CW": lambda: pgd(model, x, labels, epsilon=eps, step_size=STEP_FRACTION * eps, steps=steps, seed=seed,
+                          objective="cw"),
+    }
+    rows = np.arange(len(x))
+    for method, attack in library.items():
+        demo = bundle.attack(x, labels, method, eps, steps)
+        ref = tf.function(attack)().numpy()
+        differing = np.mean(np.abs(demo - ref) > 1e-6)
+        assert differing <= 0.001, (method, differing)
+        np.testing.assert_array_equal(bundle.attack(x, labels, method, eps, steps), demo)  # a fixed seed
+        p_adv = bundle.predict(demo)
+        drop = float(np.mean(p_clean[rows, labels] - p_adv[rows, labels]))
+        flipped = float(np.mean(p_adv.argmax(1) != labels))
+        print(f"{method} eps {eps}: confidence in the clean class drops by {drop:.2f}, {flipped:.0%} flipped")
+        assert drop > 0.3 and flipped > (0.25 if method == "FGSM" else 0.5), (method, drop, flipped)
+
+
 def test_load_image_converts_any_mode(tmp_path):
     from app.runtime import load_image
 
