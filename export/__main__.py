@@ -7,8 +7,9 @@ Usage::
         [--dataset=mnist5k] [--data_dir=...] [--epsilon=0.3] [--overwrite] [--seed=0] [--verbose]
 
 Writes ``DIR/saved_model/``, ``DIR/model.onnx``, ``DIR/model_card.json``, ``DIR/examples/``,
-``DIR/BUILD.md`` and ``DIR/predict.py`` after checking on held-out images that the SavedModel and
-the ONNX model agree with the Keras model (``docs/export.md``).
+``DIR/BUILD.md``, ``DIR/predict.py`` and ``DIR/images.py`` after checking on held-out images that the
+SavedModel and the ONNX model agree with the Keras model and that the attack signatures compute the
+library's attacks (``docs/export.md``).
 
 Exit status: 0 on success; 1 when the verification fails (nothing is written, an existing DIR is
 left as it was); 2 on bad input (flags, files, data), with a one-line ``error:`` message.

@@ -2,7 +2,8 @@
 
 ``DIR`` receives ``saved_model/`` (three signatures, :mod:`export.savedmodel`), ``model.onnx``
 (:mod:`export.onnx_model`), ``model_card.json`` (:mod:`export.card`), ``examples/*.png``,
-``BUILD.md`` (deployment with onnxruntime) and ``predict.py`` (a copy of :mod:`export.predict`).
+``BUILD.md`` (deployment with onnxruntime), ``predict.py`` and ``images.py`` (copies of
+:mod:`export.predict` and its image loader :mod:`export.images`).
 Everything is written to a temporary sibling directory, verified (:mod:`export.verify`) and only
 then renamed into place (:mod:`export.atomic`).
 """
@@ -26,6 +27,8 @@ ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"
 EXAMPLES_DIR = "examples"
 MAX_EXAMPLES = 1000
+#: Files of this package copied into the bundle: the ONNX command line and its image loader.
+BUNDLED_SCRIPTS = ("predict.py", "images.py")
 
 
 def _check_model(model: keras.Model, info: data.DatasetInfo) -> None:
@@ -143,12 +146,13 @@ def export(
             f.write("\n")
         with open(os.path.join(tmp, "BUILD.md"), "w") as f:
             f.write(card_lib.build_md(model_card))
-        shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict.py"),
-                        os.path.join(tmp, "predict.py"))
+        here = os.path.dirname(os.path.abspath(__file__))
+        for script in BUNDLED_SCRIPTS:
+            shutil.copyfile(os.path.join(here, script), os.path.join(tmp, script))
         atomic.publish(tmp, out, overwrite)
     except BaseException:
         atomic.discard(tmp)
         raise
     log(f"wrote {out}: {SAVED_MODEL_DIR}/, {ONNX_FILE}, {CARD_FILE}, {EXAMPLES_DIR}/ ({len(index)} images), "
-        "BUILD.md, predict.py")
+        "BUILD.md, predict.py, images.py")
     return model_card
