@@ -33,7 +33,6 @@ CLI::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from typing import Callable, Optional, Sequence, Union
@@ -42,8 +41,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf import report
 from ardir_tf.attacks.objectives import cw as cw_objective
 from ardir_tf.attacks.pgd import pgd
+from ardir_tf.io import load_model_file, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -234,7 +235,6 @@ def _check_inputs(attacks, epsilon, norm, x, y):
 
 def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class_names, seed, verbose,
               masking_check, cache) -> dict:
-    from ardir_tf import report
     from ardir_tf.attacks.autoattack import AutoAttack
 
     attacks = list(dict.fromkeys(attacks))
@@ -338,7 +338,6 @@ def evaluate_sweep(
     in increasing order. ``kwargs`` are those of :func:`evaluate`; the compiled attacks are shared
     across radii. The warnings also look at the sweep (accuracy rising with eps, not ~0 at the end).
     """
-    from ardir_tf import report
 
     radii = sorted({float(e) for e in epsilons} | ({float(epsilon)} if epsilon is not None else set()))
     if not radii:
@@ -365,17 +364,6 @@ def evaluate_sweep(
     main["sweep"] = sweep
     main["warnings"] = report.masking_warnings(main)
     return main
-
-
-def write_json(results: dict, path: str) -> None:
-    """Writes ``results`` atomically (a temporary file renamed into place)."""
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def format_table(rows: dict[str, dict]) -> str:
@@ -428,8 +416,7 @@ def _parse_epsilons(values: Sequence[str]) -> list[float]:
 def main(argv) -> None:
     from absl import flags
 
-    from ardir_tf import data, report
-    from ardir_tf.train import load_model_file
+    from ardir_tf import data
 
     FLAGS = flags.FLAGS
     epsilons = _parse_epsilons(FLAGS.epsilons)
@@ -450,7 +437,7 @@ def main(argv) -> None:
     for warning in results.get("warnings", []):
         print(f"WARNING: {warning}")
     if FLAGS.output:
-        write_json(results, FLAGS.output)
+        write_json_atomic(FLAGS.output, results)
         print(f"wrote {FLAGS.output}")
     if FLAGS.report_dir:
         paths = report.write_report(results, FLAGS.report_dir)

@@ -1,4 +1,4 @@
-"""Tests of ardir_tf.data: mnist5k, npz files, tfds (mocked and not prepared), pipelines."""
+"""Tests of ardir_tf.data: its sources (mnist5k, npz files, tfds mocked and not prepared) and pipelines."""
 
 from __future__ import annotations
 
@@ -286,6 +286,37 @@ def test_load_mnist5k():
     assert sum(len(b[1]) for b in batches) == 1000
 
 
+def test_load_train_split_is_one_new_epoch_per_iteration():
+    """``load(..., "train", ...)`` ends after one epoch, so ``fit(ds, epochs=E)`` ends; every iteration
+    is a new order of the same examples, the same in every run with that seed."""
+    x, _ = data.load_arrays("mnist5k", "train", examples=200)
+    ds = data.load("mnist5k", "train", 64, seed=3, examples=200)
+    assert int(ds.cardinality()) == 3  # 200 // 64 full batches
+    keys = {hashlib.sha1(row.tobytes()).hexdigest(): i for i, row in enumerate(x)}
+
+    def order(dataset):
+        return [keys[hashlib.sha1(row.tobytes()).hexdigest()] for xb, _ in dataset for row in xb.numpy()]
+
+    first, second = order(ds), order(ds)
+    assert len(first) == len(set(first)) == 192 and len(set(second)) == 192
+    assert first != second  # a new epoch, not a replay of the first
+    assert order(data.load("mnist5k", "train", 64, seed=3, examples=200)) == first
+    assert order(data.load("mnist5k", "train", 64, seed=4, examples=200)) != first
+    assert len(take(data.load("mnist5k", "train", 64, examples=200, repeat=True), 7)) == 7  # goes on
+    with pytest.raises(DatasetError, match="start_epoch=1 needs repeat=True"):
+        data.load("mnist5k", "train", 64, examples=200, start_epoch=1)
+
+
+def test_fit_on_the_loaded_train_split_ends_after_the_given_epochs():
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(data.load("mnist5k", "train", 64, examples=256), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations.numpy()) == 2 * 4
+
+
 # --------------------------------------------------------------------------------------------
 # tfds
 # --------------------------------------------------------------------------------------------
@@ -312,7 +343,7 @@ def test_tfds_mocked(name, augment, tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn_cropped"])
 def test_tfds_not_prepared_fails_fast(name, tmp_path):
-    assert not data._tfds_is_mocked()
+    assert not data.sources._tfds_is_mocked()
     t0 = time.monotonic()
     with pytest.raises(DatasetError) as e:
         data.load_arrays(name, "test", data_dir=str(tmp_path))
@@ -352,7 +383,7 @@ def test_tfds_prepared_without_mock(tmp_path):
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as e:  # noqa: BLE001 - depends on tfds internals, not on ardir_tf
         pytest.skip(f"cannot prepare a fake MNIST with this tfds version: {e}")
-    assert not data._tfds_is_mocked()
+    assert not data.sources._tfds_is_mocked()
     info = data.get_info("mnist", data_dir=data_dir)
     assert (info.num_train, info.num_test, info.num_classes) == (30, 20, 10)
     for s in ("train", "test"):

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf import losses
+from ardir_tf import distribute, losses
 from ardir_tf.attacks.pgd import pgd, validate
 
 
@@ -194,8 +194,6 @@ class AdversarialTrainer(keras.Model):
         """``keras.Model.fit``; under a strategy whose ``fit`` Keras cannot run
         (``MultiWorkerMirroredStrategy``), :func:`ardir_tf.distribute.custom_fit`, which takes a
         ``tf.data.Dataset`` of global batches and the same callbacks."""
-        from ardir_tf import distribute
-
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _EpochSync) for c in callbacks):
             callbacks.append(_EpochSync())
