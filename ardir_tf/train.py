@@ -2,8 +2,8 @@
 
 With no flags it is the quick start: on the offline ``mnist5k`` digits it trains a PGD-AT
 ``small_cnn`` teacher (or reuses the one already in ``WORKDIR/teacher``), distils an ARDIR
-student from it, evaluates both on the 1,000 held-out digits and prints natural / PGD-20 / CW
-accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
+student from it, evaluates both on the 1,000 held-out digits and prints natural / FGSM / PGD-20 /
+CW accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
 
 A workdir receives ``model.keras`` (the trained network alone, loadable without this library's
 training code), ``history.csv``, TensorBoard logs in ``logs/``, ``results.json`` (the schema of
