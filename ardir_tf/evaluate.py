@@ -79,7 +79,7 @@ class AutoAttackSpec:
         return AutoAttack(None, attacks=self.members).settings()
 
 
-#: The protocol's attacks (shared/method.md): FGSM; PGD-20 (uniform start, eta = eps/4);
+#: The protocol's attacks (docs/methods.md): FGSM; PGD-20 (uniform start, eta = eps/4);
 #: CW-inf = PGD on the margin loss with kappa 50, 30 steps (uniform start, eta = eps/4);
 #: AutoAttack "standard" and its members alone.
 ATTACKS: dict[str, Union[AttackSpec, AutoAttackSpec]] = {
@@ -366,20 +366,44 @@ def evaluate_sweep(
     return main
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """A small text table ``name | natural | attack... | all`` from results dicts."""
+#: Widest line of :func:`format_table`: a terminal of 100 columns shows the table unwrapped.
+TABLE_WIDTH = 100
+
+
+def format_table(rows: dict[str, dict], width: int = TABLE_WIDTH) -> str:
+    """A text table ``name | natural | attack... | all`` (accuracy %) from results dicts, for the terminal.
+
+    AutoAttack's members (``autoattack/apgd-ce``, ...) are left out: they stay in the results JSON
+    and the report. Columns that would make a line wider than ``width`` characters continue in a
+    further block (each block starts with the model names), so no line exceeds ``width`` unless a
+    single column does.
+    """
     attacks = []
     for r in rows.values():
-        attacks += [a for a in r["robust_accuracy"] if a not in attacks]
+        attacks += [a for a in r["robust_accuracy"] if a not in attacks and "/" not in a]
     header = ["model", "natural"] + attacks
     lines = [header] + [[name, f"{100 * r['natural_accuracy']:.1f}"] +
                         [f"{100 * r['robust_accuracy'][a]:.1f}" if a in r["robust_accuracy"] else "-" for a in attacks]
                         for name, r in rows.items()]
     widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
-    out = [" | ".join(v.ljust(w) for v, w in zip(l, widths)) for l in lines]
-    out.insert(1, "-+-".join("-" * w for w in widths))
+    blocks, current = [], []
+    for i in range(1, len(header)):  # column 0 (the model) starts every block
+        if current and sum(widths[c] + 3 for c in [0, *current, i]) - 3 > width:
+            blocks.append(current)
+            current = []
+        current.append(i)
+    blocks.append(current)
+    out = []
+    for block in blocks:
+        cols = [0, *block]
+        table = [" | ".join(l[c].ljust(widths[c]) for c in cols).rstrip() for l in lines]
+        table.insert(1, "-+-".join("-" * widths[c] for c in cols))
+        out += ([""] if out else []) + table
     eps = next(iter(rows.values()))
-    return f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}\n" + "\n".join(out)
+    title = f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}"
+    if any("/" in a for r in rows.values() for a in r["robust_accuracy"]):
+        out.append("(AutoAttack's members: in the results JSON and the report)")
+    return title + "\n" + "\n".join(out)
 
 
 def _define_flags() -> None:

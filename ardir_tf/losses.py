@@ -1,8 +1,8 @@
 """Losses shared by every method and attack: KL with a documented reduction, CE, IR distances.
 
 Every function takes logits (never probabilities), computes in float32 whatever the compute
-dtype of the model (mixed precision), and states its reduction. Conventions of
-``shared/method.md``: ``KL(P || Q) = sum_c P (log P - log Q)``; ``"batchmean"`` averages that sum
+dtype of the model (mixed precision), and states its reduction. Conventions (docs/methods.md):
+``KL(P || Q) = sum_c P (log P - log Q)``; ``"batchmean"`` averages that sum
 over the batch; ``"elementmean"`` averages over ``B * C`` elements (PyTorch's default
 ``KLDivLoss`` reduction used by the ARD/IAD reference code), which is ``C`` times smaller.
 """

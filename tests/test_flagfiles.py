@@ -1,4 +1,4 @@
-"""The shipped CIFAR-10 flagfiles: they hold the reference settings of shared/method.md and each
+"""The shipped CIFAR-10 flagfiles: they hold the reference settings of docs/methods.md and each
 runs a few steps on mock CIFAR-10 data (tfds.testing.mock_data)."""
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def test_kl_default_reduction_is_batchmean():
 
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
 def test_kl_elementmean_is_batchmean_over_num_classes(num_classes):
-    """The scale pinned by shared/method.md: elementmean == batchmean / C (C times smaller)."""
+    """The scale pinned by docs/methods.md: elementmean == batchmean / C (C times smaller)."""
     a, b = logits(b=4, c=num_classes), logits(b=4, c=num_classes)
     batchmean = losses.kl_divergence(a, b, temperature=2.0, reduction="batchmean").numpy()
     elementmean = losses.kl_divergence(a, b, temperature=2.0, reduction="elementmean").numpy()

@@ -50,3 +50,11 @@ assert accuracy > 0.5, accuracy  # chance is 0.1; 0.76 measured
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "student.keras").is_file()
     print(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("path", ["runs/quickstart/model.keras", "deploy/mnist/model.onnx", "report/report.md",
+                                  "r.json", "results.json", "student.keras"])
+def test_what_the_readme_commands_write_is_ignored_by_git(path):
+    if not os.path.exists(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path

@@ -5,7 +5,7 @@ internal representation.
 
 ``L_out`` is ARD's objective (default) or IAD's; ``h`` are activations of named layers, ``c_l`` a
 trainable connector where shapes differ, ``d`` an IR distance of :mod:`ardir_tf.losses`. The full
-paper text was not available: these defaults are a documented reconstruction (shared/method.md),
+paper text was not available: these defaults are a documented reconstruction (docs/methods.md),
 each is an argument, and the ablation benchmark compares them.
 """
 
