@@ -1,5 +1,5 @@
 """The training CLI: shipped flagfiles, resume, and robustness of every method on a short mnist5k
-run. Bad input, crash safety and non-finite losses: test_reliability.py."""
+run. Bad input and non-finite losses: test_cli_errors.py; crash safety: test_checkpoints.py."""
 
 from __future__ import annotations
 
