@@ -36,7 +36,6 @@ CLI::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from typing import Callable, Optional, Sequence, Union
@@ -45,8 +44,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf import report
 from ardir_tf.attacks.objectives import cw as cw_objective
 from ardir_tf.attacks.pgd import pgd
+from ardir_tf.io import load_model_file, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -90,7 +91,7 @@ class AutoAttackSpec:
         return self.members is None
 
 
-#: The protocol's attacks (shared/method.md): FGSM; PGD-20 (uniform start, eta = eps/4);
+#: The protocol's attacks (docs/methods.md): FGSM; PGD-20 (uniform start, eta = eps/4);
 #: CW-inf = PGD on the margin loss with kappa 50, 30 steps (uniform start, eta = eps/4);
 #: AutoAttack "standard", "plus" and "rand", and the members alone.
 ATTACKS: dict[str, Union[AttackSpec, AutoAttackSpec]] = {
@@ -248,7 +249,6 @@ def _check_inputs(attacks, epsilon, norm, x, y):
 
 def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class_names, seed, verbose,
               masking_check, cache) -> dict:
-    from ardir_tf import report
 
     attacks = list(dict.fromkeys(attacks))
     x, y = _check_inputs(attacks, epsilon, norm, x, y)
@@ -353,7 +353,6 @@ def evaluate_sweep(
     in increasing order. ``kwargs`` are those of :func:`evaluate`; the compiled attacks are shared
     across radii. The warnings also look at the sweep (accuracy rising with eps, not ~0 at the end).
     """
-    from ardir_tf import report
 
     radii = sorted({float(e) for e in epsilons} | ({float(epsilon)} if epsilon is not None else set()))
     if not radii:
@@ -382,31 +381,44 @@ def evaluate_sweep(
     return main
 
 
-def write_json(results: dict, path: str) -> None:
-    """Writes ``results`` atomically (a temporary file renamed into place)."""
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+#: Widest line of :func:`format_table`: a terminal of 100 columns shows the table unwrapped.
+TABLE_WIDTH = 100
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """A small text table ``name | natural | attack... | all`` from results dicts."""
+def format_table(rows: dict[str, dict], width: int = TABLE_WIDTH) -> str:
+    """A text table ``name | natural | attack... | all`` (accuracy %) from results dicts, for the terminal.
+
+    AutoAttack's members (``autoattack/apgd-ce``, ...) are left out: they stay in the results JSON
+    and the report. Columns that would make a line wider than ``width`` characters continue in a
+    further block (each block starts with the model names), so no line exceeds ``width`` unless a
+    single column does.
+    """
     attacks = []
     for r in rows.values():
-        attacks += [a for a in r["robust_accuracy"] if a not in attacks]
+        attacks += [a for a in r["robust_accuracy"] if a not in attacks and "/" not in a]
     header = ["model", "natural"] + attacks
     lines = [header] + [[name, f"{100 * r['natural_accuracy']:.1f}"] +
                         [f"{100 * r['robust_accuracy'][a]:.1f}" if a in r["robust_accuracy"] else "-" for a in attacks]
                         for name, r in rows.items()]
     widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
-    out = [" | ".join(v.ljust(w) for v, w in zip(l, widths)) for l in lines]
-    out.insert(1, "-+-".join("-" * w for w in widths))
+    blocks, current = [], []
+    for i in range(1, len(header)):  # column 0 (the model) starts every block
+        if current and sum(widths[c] + 3 for c in [0, *current, i]) - 3 > width:
+            blocks.append(current)
+            current = []
+        current.append(i)
+    blocks.append(current)
+    out = []
+    for block in blocks:
+        cols = [0, *block]
+        table = [" | ".join(l[c].ljust(widths[c]) for c in cols).rstrip() for l in lines]
+        table.insert(1, "-+-".join("-" * widths[c] for c in cols))
+        out += ([""] if out else []) + table
     eps = next(iter(rows.values()))
-    return f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}\n" + "\n".join(out)
+    title = f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}"
+    if any("/" in a for r in rows.values() for a in r["robust_accuracy"]):
+        out.append("(AutoAttack's members: in the results JSON and the report)")
+    return title + "\n" + "\n".join(out)
 
 
 def _define_flags() -> None:
@@ -445,8 +457,7 @@ def _parse_epsilons(values: Sequence[str]) -> list[float]:
 def main(argv) -> None:
     from absl import flags
 
-    from ardir_tf import data, report
-    from ardir_tf.train import load_model_file
+    from ardir_tf import data
 
     FLAGS = flags.FLAGS
     epsilons = _parse_epsilons(FLAGS.epsilons)
@@ -469,7 +480,7 @@ def main(argv) -> None:
     for warning in results.get("warnings", []):
         print(f"WARNING: {warning}")
     if FLAGS.output:
-        write_json(results, FLAGS.output)
+        write_json_atomic(FLAGS.output, results)
         print(f"wrote {FLAGS.output}")
     if FLAGS.report_dir:
         paths = report.write_report(results, FLAGS.report_dir)

@@ -14,6 +14,8 @@ import json
 import os
 from typing import Optional, Sequence
 
+from ardir_tf.io import write_json_atomic, write_text_atomic
+
 #: accuracy differences smaller than this (half a point) are not reported as warnings
 TOLERANCE = 0.005
 #: accuracy above this at the masking check's radius (or the sweep's largest radius when it is at
@@ -227,11 +229,9 @@ def plot_per_class(results: dict, path: str) -> str:
 
 def write_report(results: dict, directory: str) -> dict[str, str]:
     """Writes ``results.json``, the plots and ``report.md`` into ``directory``; returns name -> path."""
-    from ardir_tf.evaluate import write_json
-
     os.makedirs(directory, exist_ok=True)
     paths = {"results.json": os.path.join(directory, "results.json")}
-    write_json(results, paths["results.json"])
+    write_json_atomic(paths["results.json"], results)
     images = []
     if results.get("sweep") and len(results["sweep"]) > 1:
         paths["robust_vs_eps.png"] = plot_robust_vs_eps(results, os.path.join(directory, "robust_vs_eps.png"))
@@ -240,10 +240,7 @@ def write_report(results: dict, directory: str) -> dict[str, str]:
         paths["per_class.png"] = plot_per_class(results, os.path.join(directory, "per_class.png"))
         images.append("per_class.png")
     paths["report.md"] = os.path.join(directory, "report.md")
-    tmp = paths["report.md"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(markdown(results, images))
-    os.replace(tmp, paths["report.md"])
+    write_text_atomic(paths["report.md"], markdown(results, images))
     return paths
 
 

@@ -2,8 +2,8 @@
 
 With no flags it is the quick start: on the offline ``mnist5k`` digits it trains a PGD-AT
 ``small_cnn`` teacher (or reuses the one already in ``WORKDIR/teacher``), distils an ARDIR
-student from it, evaluates both on the 1,000 held-out digits and prints natural / PGD-20 / CW
-accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
+student from it, evaluates both on the 1,000 held-out digits and prints natural / FGSM / PGD-20 /
+CW accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
 
 A workdir receives ``model.keras`` (the trained network alone, loadable without this library's
 training code), ``history.csv``, TensorBoard logs in ``logs/``, ``results.json`` (the schema of
@@ -27,6 +27,7 @@ import tensorflow as tf
 from absl import flags
 
 from ardir_tf import cli, data, distribute, evaluate as evaluate_lib, hardware, methods, models
+from ardir_tf.io import load_model_file, write_json_atomic
 
 FLAGS = flags.FLAGS
 SETTINGS_FILE = "settings.json"
@@ -181,22 +182,6 @@ def check_settings_used(values: dict[str, Any], explicit: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def load_model_file(path: str, what: str = "model") -> keras.Model:
-    """Loads a ``.keras`` file in safe mode, with a one-line error for a missing or bad file."""
-    if not path or not os.path.isfile(path):
-        raise ValueError(f"{what} file {path!r} does not exist")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        if "safe_mode" in str(err):
-            # Keras' own advice (safe_mode=False) is not an option of this program, and not a safe one.
-            raise ValueError(f"{what} file {path!r} is not a loadable .keras model: it holds Python code (a Lambda "
-                             "layer) that could run arbitrary code, which Keras safe mode refuses; save the model "
-                             "without Lambda layers") from None
-        raise ValueError(f"{what} file {path!r} is not a loadable .keras model ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-
-
 def parse_options(text: str) -> dict[str, Any]:
     """``"depth=28,width=10"`` -> ``{"depth": 28, "width": 10}`` (ints, floats or strings)."""
     out: dict[str, Any] = {}
@@ -375,16 +360,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 os.remove(os.path.join(self.directory, old))
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_model_atomic(model: keras.Model, path: str) -> None:
     """Saves a float32 copy of ``model`` to ``path`` via a temporary file and a rename."""
     tmp = path[: -len(".keras")] + ".tmp.keras"
@@ -503,7 +478,7 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     )
     results["training"] = {"method": s["method"], "model": s["model"], "epochs": s["epochs"],
                            "seconds": round(time.time() - start, 1), "teacher": teacher_path or None}
-    evaluate_lib.write_json(results, os.path.join(out, "results.json"))
+    write_json_atomic(os.path.join(out, "results.json"), results)
     distribute.remove_worker_dir(strategy, workdir)
     return results
 

@@ -19,7 +19,7 @@ import keras
 
 from ardir_tf import data
 from ardir_tf.evaluate import float32_model
-from ardir_tf.train import load_model_file
+from ardir_tf.io import load_model_file
 from export import atomic, card as card_lib, onnx_model, savedmodel, verify as verify_lib
 
 CARD_FILE = "model_card.json"

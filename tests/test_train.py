@@ -1,6 +1,6 @@
 """The training CLI: shipped flagfiles, resume, robustness of every method on a short mnist5k run,
-flags a method does not use, fractions and the epsilon hint. Bad input, crash safety and
-non-finite losses: test_reliability.py."""
+flags a method does not use, fractions and the epsilon hint. Bad input and non-finite losses:
+test_cli_errors.py; crash safety: test_checkpoints.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf import losses
+from ardir_tf import distribute, losses
 from ardir_tf.methods.attack_config import AttackConfig
 
 
@@ -194,12 +194,13 @@ class AdversarialTrainer(keras.Model):
         """
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(self, *args, callbacks=None, shuffle=False, **kwargs):
         """``keras.Model.fit``; under a strategy whose ``fit`` Keras cannot run
         (``MultiWorkerMirroredStrategy``), :func:`ardir_tf.distribute.custom_fit`, which takes a
-        ``tf.data.Dataset`` of global batches and the same callbacks."""
-        from ardir_tf import distribute
-
+        ``tf.data.Dataset`` of global batches and the same callbacks. ``shuffle`` defaults to
+        ``False``: a ``tf.data`` pipeline shuffles itself (``ardir_tf.data``), and Keras warns
+        about ``shuffle=True`` with one."""
+        kwargs["shuffle"] = shuffle
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _EpochSync) for c in callbacks):
             callbacks.append(_EpochSync())
