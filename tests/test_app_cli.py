@@ -17,11 +17,16 @@ def test_demo_launch_binds_loopback_and_never_shares(monkeypatch):
     launched = {}
 
     class Demo:
+        local_url = "http://127.0.0.1:7860/"
+
         def queue(self, **kwargs):
             return self
 
         def launch(self, **kwargs):
             launched.update(kwargs)
+
+        def block_thread(self):
+            launched["blocked"] = True
 
     class Bundle:
         def __init__(self, path):
@@ -40,3 +45,4 @@ def test_demo_launch_binds_loopback_and_never_shares(monkeypatch):
     assert app_main.main(["--export=/some/bundle"]) == 0
     assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
     assert launched["inbrowser"] is False
+    assert launched["quiet"] is True and launched["blocked"]  # no "set share=True" advice; serves until stopped
