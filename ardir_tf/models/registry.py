@@ -47,7 +47,8 @@ def get(
 
     Args:
         name: one of :func:`available` (``small_cnn``, ``resnet18``, ``preact_resnet18``,
-            ``wide_resnet``, ``mobilenet_v2``).
+            ``wide_resnet``, ``mobilenet_v2``, and the RobustBench architectures ``dm_wide_resnet``,
+            ``dm_preact_resnet``, ``fast_preact_resnet18``).
         num_classes: number of output logits.
         input_shape: ``(H, W, C)`` of the [0, 1] input images.
         normalization: optional ``(mean, std)`` per channel; becomes the model's first layer.
@@ -89,4 +90,6 @@ def _options(builder: Builder) -> list[str] | None:
 
 def _import_builtin_families() -> None:
     # Imported lazily so that registering a family never depends on import order.
-    from ardir_tf.models import mobilenet_v2, resnet, small_cnn, wide_resnet  # noqa: F401
+    from ardir_tf.models import (  # noqa: F401
+        dm_wide_resnet, fast_preact_resnet, mobilenet_v2, resnet, small_cnn, wide_resnet,
+    )
