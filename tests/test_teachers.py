@@ -266,7 +266,7 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cli_model_name_from_robustbench_layout(rb, tmp_path):
+def test_model_name_reads_the_robustbench_layout(rb, tmp_path, monkeypatch):
     # Andriushchenko2020Understanding is a PreActResNet18 stored under the checkpoint's "last" key.
     net = _randomise(rb["resnet"].PreActResNet18(), seed=11)
     folder = tmp_path / "models" / "cifar10" / "Linf"
@@ -274,13 +274,15 @@ def test_cli_model_name_from_robustbench_layout(rb, tmp_path):
     ckpt = folder / "Andriushchenko2020Understanding.pt"
     torch.save({"last": net.state_dict(), "best": {}}, str(ckpt))
     out = tmp_path / "teacher.keras"
-    result = _cli("--model_name=Andriushchenko2020Understanding", "--model_dir=models", f"--out={out}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    convert_teacher(model_name="Andriushchenko2020Understanding", model_dir="models", out=str(out))
     prov = read_provenance(str(out))
     assert prov["source"] == "Andriushchenko2020Understanding" and prov["architecture"] == "preact-resnet-18"
     assert prov["published"]["clean_accuracy"] == 79.84 and prov["published"]["autoattack_accuracy"] == 43.93
     assert prov["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     _assert_parity(net, "fast_preact_resnet18", keras.models.load_model(str(out), safe_mode=True), _images())
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        convert_teacher(model_name="Wong2020Fast", model_dir="models", out=str(tmp_path / "w.keras"))
 
 
 def test_cli_bad_checkpoint_exits_2_and_writes_nothing(small_wrn_state, tmp_path):

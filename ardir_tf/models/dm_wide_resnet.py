@@ -95,7 +95,7 @@ def dm_wide_resnet(
     width: int = 10,
     activation: str = "swish",
 ) -> keras.Model:
-    """Builds the DeepMind WRN-``depth``-``width`` (default WRN-28-10 with Swish: 36,479,194 params).
+    """Builds the DeepMind WRN-``depth``-``width`` (default WRN-28-10: 36,479,194 trainable parameters).
 
     Args:
         num_classes: number of logits.
@@ -156,7 +156,7 @@ def dm_preact_resnet(
     depth: int = 18,
     activation: str = "swish",
 ) -> keras.Model:
-    """Builds the DeepMind pre-activation ResNet-``depth`` (18: 11,173,962 params for 10 classes).
+    """Builds the DeepMind pre-activation ResNet-``depth`` (18: 12,548,426 trainable parameters, 10 classes).
 
     Args:
         num_classes: number of logits.
