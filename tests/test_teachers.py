@@ -167,6 +167,19 @@ def test_saved_teacher_loads_in_safe_mode_with_provenance(rb, tmp_path):
     assert stored["normalization"] == {"mean": list(zoo.CIFAR10_MEAN), "std": list(zoo.CIFAR10_STD)}
     assert stored["stages"] == ["stage1", "stage2", "stage3"] and stored["published"] is None
     assert models.default_ir_layers(loaded) == ["stage3"]
+    # Distilling it: a ResNet-18's last stage (4x4) cannot be pooled onto the WRN's 8x8 stage3, its
+    # stage3 (8x8) can, through a 1x1-conv connector; MobileNetV2's 8x8 stage is stage5.
+    from ardir_tf.methods import ARDIR
+
+    kw = dict(epsilon=8 / 255, attack_steps=1, attack_step_size=2 / 255, seed=0)
+    student = models.get("resnet18", 10, (32, 32, 3), width=8)
+    with pytest.raises(ValueError, match="cannot be connected"):
+        ARDIR(student, loaded, **kw)
+    trainer = ARDIR(student, loaded, ir_layers=["stage3:stage3"], **kw)
+    assert trainer.layer_pairs == [("stage3", "stage3")]
+    assert tuple(trainer.connectors[0](np.zeros((1, 8, 8, 32), "float32")).shape) == (1, 8, 8, 64)
+    mobile = models.get("mobilenet_v2", 10, (32, 32, 3), alpha=0.25)
+    assert ARDIR(mobile, loaded, ir_layers=["stage5:stage3"], **kw).layer_pairs == [("stage5", "stage3")]
 
 
 def _write_state(tmp_path, state, name="bad.pt") -> str:
