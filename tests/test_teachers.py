@@ -149,6 +149,24 @@ def test_parity_with_robustbench_classes(case, rb, tmp_path):
         assert provenance["ignored_keys"] == []
 
 
+def test_dm_rn_wide_resnet_converts_as_dm_wrn(tmp_path):
+    # dm_rn.py's WideResNet (used inside RobustBench's composite models) has DMWideResNet's parameter
+    # names and arithmetic; its forward also returns the outputs of the first two block groups.
+    dm_rn = _robustbench_module("dm_rn.py")
+    net = _randomise(dm_rn.WideResNet(depth=10, width=2, activation_fn=dm_rn.Swish), seed=21)
+    path = str(tmp_path / "ckpt.pt")
+    torch.save(net.state_dict(), path)
+    model, _ = convert(path, parse_architecture("dm-wrn-10-2"))
+    images = _images()
+    with torch.no_grad():
+        logits, (feat1, feat2) = net(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    k_logits, k_stages = _keras_outputs(model, images)
+    assert np.abs(k_logits - logits.numpy()).max() < 1e-4
+    for k, t in zip(k_stages[:2], (feat1, feat2)):
+        t = t.numpy().transpose(0, 2, 3, 1)
+        assert np.abs(k - t).max() / np.abs(t).max() < 1e-4
+
+
 def test_saved_teacher_loads_in_safe_mode_with_provenance(rb, tmp_path):
     dm = rb["dm_wide_resnet"]
     net = _randomise(dm.DMWideResNet(depth=10, width=1, activation_fn=dm.Swish), seed=3)

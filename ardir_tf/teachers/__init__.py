@@ -20,7 +20,8 @@ torch is needed only to read a checkpoint (``pip install 'ardir-tf[teachers]'``)
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import os
+from typing import Any, Optional
 
 import keras
 
@@ -82,9 +83,11 @@ def convert_teacher(
         if arch and parse_architecture(arch, activation).name != spec.name:
             raise ValueError(f"--arch={arch} contradicts the table: {model_name} is {entry.arch}")
         checkpoint = checkpoint or checkpoint_path(model_dir, model_name)
-        if fetch and not _exists(checkpoint):
+        if activation is not None or not (isinstance(normalization, str) and normalization == "default"):
+            raise ValueError(f"--model_name={model_name} fixes the activation and normalisation; drop --activation/--mean/--std")
+        if fetch and not os.path.isfile(checkpoint):
             checkpoint = download(model_name, model_dir)
-        elif not _exists(checkpoint):
+        elif not os.path.isfile(checkpoint):
             raise ValueError(
                 f"no checkpoint at {checkpoint!r}: fetch it on a networked machine (--download, or "
                 f"robustbench.utils.load_model(model_name={model_name!r}, model_dir=...)) and copy the folder here"
@@ -113,12 +116,3 @@ def convert_teacher(
     return model, provenance
 
 
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.isfile(path)
-
-
-def zoo_names(architectures: Sequence[str] | None = None) -> list[str]:
-    """Zoo names, best published AutoAttack first, optionally only of the given ``--arch`` names."""
-    return [e.name for e in _zoo.ENTRIES if architectures is None or e.arch in architectures]

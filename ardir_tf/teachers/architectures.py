@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -172,6 +172,3 @@ def describe(arch: Architecture) -> str:
 def normalization_dict(norm: Normalization) -> Optional[dict]:
     return None if norm is None else {"mean": list(norm[0]), "std": list(norm[1])}
 
-
-def as_sequences(norm: Normalization) -> Optional[tuple[Sequence[float], Sequence[float]]]:
-    return None if norm is None else (list(norm[0]), list(norm[1]))

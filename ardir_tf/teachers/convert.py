@@ -204,7 +204,7 @@ def convert(
         "input_range": [0.0, 1.0],
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": sha256(checkpoint),
-        "parameters_copied": len([k for k in used if k in state]),
+        "checkpoint_keys_used": len([k for k in used if k in state]),
         "ignored_keys": ignored,
         "ignored_reason": "parameters the source model's forward() never uses" if ignored else None,
         "stages": [l.name for l in model.layers if l.name.startswith("stage") and l.name[5:].isdigit()],
