@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 from typing import Any, Optional
@@ -61,8 +62,11 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict(path: str, key: Optional[str] = None) -> dict[str, np.ndarray]:
+def load_state_dict(path: str, key: Optional[str] = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reads a checkpoint as ``{name: float32 array}`` without running any pickled code.
+
+    Returns ``(state, dtypes)``: the arrays (floating tensors cast to float32, prefixes stripped)
+    and the torch dtypes the file stored (e.g. ``["float16", "int64"]``), for the provenance.
 
     Accepts a plain ``state_dict``, one under ``"state_dict"`` (or under ``key``), with or without
     ``module.`` / ``model.`` prefixes.
@@ -76,8 +80,10 @@ def load_state_dict(path: str, key: Optional[str] = None) -> dict[str, np.ndarra
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"torch.load(weights_only=True) refused {path!r}: {first}") from None
+        raise CheckpointError(
+            f"torch.load(weights_only=True) refused {path!r}: {_load_failure(err)} (only tensors and plain "
+            "containers are read: a pickle holding other objects could run code when loaded)"
+        ) from None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             raise CheckpointError(f"checkpoint {path!r} has no entry {key!r}")
@@ -87,18 +93,29 @@ def load_state_dict(path: str, key: Optional[str] = None) -> dict[str, np.ndarra
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")
     out: dict[str, np.ndarray] = {}
+    dtypes = set()
     for name, value in obj.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
                 f"checkpoint {path!r}: entry {name!r} is a {type(value).__name__}, not a tensor "
                 "(a training checkpoint? give the key of its state_dict)"
             )
+        dtypes.add(str(value.dtype).replace("torch.", ""))
         clean = name
         while clean.startswith(_PREFIXES):
             clean = clean.split(".", 1)[1]
         out[clean] = value.detach().cpu().to(torch.float32).numpy() if value.is_floating_point() \
             else value.detach().cpu().numpy()
-    return out
+    return out, sorted(dtypes)
+
+
+def _load_failure(err: Exception) -> str:
+    """The informative part of torch's multi-paragraph load error, on one line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if m := re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S):
+        return " ".join(m.group(1).split())
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _layer_arrays(layer: keras.layers.Layer, prefix: str, state: dict[str, np.ndarray], arch_name: str):
@@ -176,7 +193,7 @@ def convert(
         CheckpointError: the checkpoint cannot be read or does not fit (missing / unexpected key,
             wrong shape); the message names the first offending key.
     """
-    state = load_state_dict(checkpoint, checkpoint_key)
+    state, dtypes = load_state_dict(checkpoint, checkpoint_key)
     model = build_model(arch.builder, num_classes, input_shape, normalization=arch.normalization, **arch.options)
     used = set(_check_normalization(state, arch))
     for layer in model.layers:
@@ -204,6 +221,7 @@ def convert(
         "input_range": [0.0, 1.0],
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": sha256(checkpoint),
+        "checkpoint_dtypes": dtypes,
         "checkpoint_keys_used": len([k for k in used if k in state]),
         "ignored_keys": ignored,
         "ignored_reason": "parameters the source model's forward() never uses" if ignored else None,
