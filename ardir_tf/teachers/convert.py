@@ -32,6 +32,9 @@ from ardir_tf.models import get as build_model
 from ardir_tf.teachers.architectures import Architecture, describe, normalization_dict
 
 METADATA_KEY = "ardir_tf_teacher"
+# The sources end with avg_pool2d(8) (WRNs) or avg_pool2d(4) (ResNets): global average pooling, which
+# the builders use, equals it only for 32x32 inputs, the size every zoo model was trained on.
+INPUT_SHAPE = (32, 32, 3)
 _PREFIXES = ("module.", "model.")
 # Per-channel normalisation constants some zoo models keep as buffers (Rice2020, Wong2020).
 _NORM_BUFFERS = (("mu", "sigma"), ("mean", "std"))
@@ -172,7 +175,6 @@ def convert(
     checkpoint: str,
     arch: Architecture,
     num_classes: int = 10,
-    input_shape: tuple[int, int, int] = (32, 32, 3),
     checkpoint_key: Optional[str] = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Converts a PyTorch checkpoint into a Keras functional model of ``arch``.
@@ -181,11 +183,10 @@ def convert(
         checkpoint: path of the ``.pt`` file (a ``state_dict``, see :func:`load_state_dict`).
         arch: the source architecture (:func:`ardir_tf.teachers.architectures.parse_architecture`).
         num_classes: logits of the source model.
-        input_shape: ``(H, W, C)`` of the [0, 1] input images (CIFAR: ``(32, 32, 3)``).
         checkpoint_key: key of the state dict inside the file, when not the file or ``state_dict``.
 
     Returns:
-        ``(model, provenance)``: the model maps ``[B, H, W, C]`` images in [0, 1] to
+        ``(model, provenance)``: the model maps ``[B, 32, 32, 3]`` images in [0, 1] to
         ``[B, num_classes]`` logits (normalisation inside) with stages ``stage1..stageN``; the
         provenance dict holds the architecture, the checkpoint's SHA-256 and the skipped keys.
 
@@ -194,7 +195,7 @@ def convert(
             wrong shape); the message names the first offending key.
     """
     state, dtypes = load_state_dict(checkpoint, checkpoint_key)
-    model = build_model(arch.builder, num_classes, input_shape, normalization=arch.normalization, **arch.options)
+    model = build_model(arch.builder, num_classes, INPUT_SHAPE, normalization=arch.normalization, **arch.options)
     used = set(_check_normalization(state, arch))
     for layer in model.layers:
         if not layer.weights:
@@ -217,7 +218,7 @@ def convert(
         "builder_options": dict(arch.options),
         "normalization": normalization_dict(arch.normalization),
         "num_classes": int(num_classes),
-        "input_shape": list(input_shape),
+        "input_shape": list(INPUT_SHAPE),
         "input_range": [0.0, 1.0],
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": sha256(checkpoint),
