@@ -107,6 +107,8 @@ def load_state_dict(path: str, key: Optional[str] = None) -> tuple[dict[str, np.
         clean = name
         while clean.startswith(_PREFIXES):
             clean = clean.split(".", 1)[1]
+        if clean in out:
+            raise CheckpointError(f"checkpoint {path!r}: key {name!r} repeats {clean!r} once its prefix is removed")
         out[clean] = value.detach().cpu().to(torch.float32).numpy() if value.is_floating_point() \
             else value.detach().cpu().numpy()
     return out, sorted(dtypes)
