@@ -20,10 +20,10 @@ import keras
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="requirements-dev.txt installs torch (CPU) for these tests")
+import torch  # requirements-dev.txt installs it (and robustbench) for these tests
 
-from ardir_tf import models  # noqa: E402
-from ardir_tf.teachers import (  # noqa: E402
+from ardir_tf import models
+from ardir_tf.teachers import (
     CheckpointError,
     convert,
     convert_teacher,
