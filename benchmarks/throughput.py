@@ -371,6 +371,24 @@ def _build_train_case(method: str, precision: str, jit: bool, info, x, y, a) -> 
     return case
 
 
+def train_case(method: str, model: str = "resnet18", batch_size: int = 128, attack_steps: int = 10, *,
+               precision: str = "float32", jit_compile: bool = False, model_options: str = "", dataset: str = "",
+               seed: int = 0, count_flops: bool = True) -> Case:
+    """One training step of ``method`` on synthetic data, built as :func:`run` builds its training
+    cases (the real training path, random weights); ``case.time_once(n)`` times ``n`` steps. Build
+    a case, run it once untimed (the first step traces), then time it."""
+    from ardir_tf import train
+
+    info = _resolve_dataset(model, dataset)
+    a = {"model": model, "batch_size": batch_size, "attack_steps": attack_steps, "seed": seed,
+         "options": train.parse_options(model_options), "teacher_precision": "float32",
+         "flops": forward_flops if count_flops else (lambda m: 0)}
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(4 * batch_size, *info.input_shape), dtype=np.uint8)
+    y = rng.integers(0, info.num_classes, size=len(x)).astype(np.int32)
+    return _build_train_case(method, precision, jit_compile, info, x, y, a)
+
+
 def _build_pgd20_case(info, x, y, a) -> Case:
     import keras
     import tensorflow as tf
