@@ -8,8 +8,10 @@ Parts, in order (each run is reused when the command runs again):
    below reads PGD-20 accuracy on them and nothing else. The 1,000 held-out test digits are only
    ever reported.
 2. **Teacher.** One candidate per recipe of ``--capacity_teacher_recipes`` (:data:`TEACHER_RECIPES`),
-   architecture ``--capacity_teacher_model``, trained on the rest of the training split; the one
-   with the highest validation PGD-20 accuracy (then natural accuracy) is the teacher.
+   architecture ``--capacity_teacher_model``, trained for ``--capacity_select_epochs`` on the rest
+   of the training split; the one with the highest validation PGD-20 accuracy (then natural
+   accuracy) continues to ``--capacity_teacher_epochs`` (constant learning rate, so the
+   continuation is the same run as one trained that long from the start) and is the teacher.
 3. **ARDIR's layers and gamma.** ARDIR students (seed 0, same training digits) with each variant
    of :data:`ARDIR_CANDIDATES` and the chosen teacher; the best on validation PGD-20 is ARDIR's
    setting in the table. The student's and the teacher's maps differ in channels and size, so
@@ -62,7 +64,6 @@ NON_DISTILLED = ("pgd_at", "trades")
 ARDIR_CANDIDATES: dict[str, dict[str, Any]] = {
     "stage2:last, gamma 1": {},
     "stage2:last, gamma 3": {"gamma": 3.0},
-    "stage2:last, gamma 0.3": {"gamma": 0.3},
     "stage1+stage2:last, gamma 1": {"ir_layers": ["stage1:{teacher}", "stage2:{teacher}"]},
 }
 #: AutoAttack digit ranges: every run gets the first; the teacher and seed 0 get both.
@@ -84,17 +85,20 @@ def settings(f) -> dict[str, Any]:
     val = 64 if quick else f.capacity_val_examples
     if not 0 < val < train_digits:
         raise ValueError(f"--capacity_val_examples must be in (0, {train_digits}), got {val}")
-    teacher_epochs = 1 if quick else f.capacity_teacher_epochs
+    teacher_epochs = 2 if quick else f.capacity_teacher_epochs
+    select_epochs = 1 if quick else f.capacity_select_epochs
+    if not 1 <= select_epochs <= teacher_epochs:
+        raise ValueError(f"--capacity_select_epochs must be in [1, --capacity_teacher_epochs], got {select_epochs}")
     teacher = {**base, "model": f.capacity_teacher_model,
                # --quick: a narrow teacher (a smoke run of the pipeline, not a 4x teacher).
                "model_options": "width=8" if quick else f.capacity_teacher_options, "epochs": teacher_epochs,
-               # Adam 1e-3, then 1e-4 for the last quarter (not tuned; the same for every recipe).
-               "lr_decay_epochs": [max(1, round(0.75 * teacher_epochs))] if teacher_epochs > 1 else []}
+               # Fixed, not derived from the epochs: the selection run and its continuation share it.
+               "epsilon_warmup_epochs": min(1.0, select_epochs / 2)}
     return {
-        "student": base, "teacher": teacher,
+        "student": base, "teacher": teacher, "select_epochs": select_epochs,
         "train_digits": train_digits, "val_examples": val, "selection_train_examples": train_digits - val,
         "teacher_recipes": list(f.capacity_teacher_recipes), "methods": list(f.capacity_methods),
-        "ardir_candidates": list(ARDIR_CANDIDATES)[:: 3 if quick else 1],
+        "ardir_candidates": list(ARDIR_CANDIDATES)[:: 2 if quick else 1],
         "seeds": [int(s) for s in f.seeds][: 1 if quick else None],
         "aa_parts": [(0, 8)] if quick else [list(p) for p in AA_PARTS],
         "results_dir": f.capacity_results_dir or (os.path.join(os.path.abspath(f.output_dir), "results", "capacity")
@@ -123,8 +127,10 @@ def validate(workdir: str, s: dict[str, Any], x_val, y_val) -> dict[str, Any]:
     start = time.time()
     r = evaluate.evaluate(runs.load_model(os.path.join(workdir, "model.keras")), x_val, y_val, epsilon=s["epsilon"],
                           attacks=["pgd20"], seed=s["seed"], verbose=0)
+    trained = runs.read_json(os.path.join(workdir, "results.json"))["training"]
     out = {"examples": len(x_val), "split": "train[-val:]", "natural": r["natural_accuracy"],
-           "pgd20": r["robust_accuracy"]["pgd20"], "seconds": round(time.time() - start, 1)}
+           "pgd20": r["robust_accuracy"]["pgd20"], "seconds": round(time.time() - start, 1),
+           "epochs": trained["epochs"], "train_seconds": trained["seconds"]}
     runs.write_json(path, out)
     return out
 
@@ -180,6 +186,10 @@ def read_row(workdir: str) -> Optional[dict[str, Any]]:
     val = runs.read_json(os.path.join(workdir, "validation.json"))
     if val:
         row["val_pgd20"], row["val_natural"], row["val_seconds"] = val["pgd20"], val["natural"], val["seconds"]
+        results = runs.read_json(os.path.join(workdir, "results.json"))
+        if results["training"]["epochs"] > val.get("epochs", results["training"]["epochs"]):
+            # continued after its validation (the chosen teacher): the first part's seconds too
+            row["train_seconds"] += val["train_seconds"]
     return row
 
 
@@ -224,10 +234,13 @@ def run(f) -> dict[str, Any]:
         return read_summary(results_dir)
     start = time.time()
     x_val, y_val = validation_arrays(cfg["train_digits"], cfg["val_examples"])
-    select = {"train_examples": cfg["selection_train_examples"]}
+    # Selection runs train without the validation digits and are judged on them alone: their
+    # held-out evaluation (train_and_evaluate always runs one) is cut to one digit and no attack.
+    select = {"train_examples": cfg["selection_train_examples"], "eval_examples": 1, "eval_attacks": []}
     summary: dict[str, Any] = {
         "quick": f.quick, "epsilon": f.epsilon, "seeds": cfg["seeds"], "methods": cfg["methods"],
         "settings": {"student": _public(cfg["student"]), "teacher": _public(cfg["teacher"]),
+                     "teacher_select_epochs": cfg["select_epochs"],
                      "teacher_recipes": {r: TEACHER_RECIPES[r] for r in cfg["teacher_recipes"]},
                      "students": {m: STUDENTS[m] for m in cfg["methods"]},
                      "ardir_candidates": {n: ARDIR_CANDIDATES[n] for n in cfg["ardir_candidates"]}},
@@ -247,15 +260,19 @@ def run(f) -> dict[str, Any]:
         keras.backend.clear_session()
         return workdir
 
-    # 1-2. Teacher candidates on the training digits minus validation; pick on validation.
+    # 1-2. Teacher candidates on the training digits minus validation; pick on validation; the
+    # chosen one continues to the full epochs (a resumption of the same run).
     teacher_val = {}
     for recipe in cfg["teacher_recipes"]:
-        s = {**cfg["teacher"], **TEACHER_RECIPES[recipe], **select, "seed": 0}
+        s = {**cfg["teacher"], **TEACHER_RECIPES[recipe], **select, "seed": 0, "epochs": cfg["select_epochs"]}
         workdir = train(f"teacher/{recipe}", s)
         teacher_val[recipe] = validate(workdir, s, x_val, y_val)
         mirror(workdir, out, results_dir)
     chosen_teacher = pick(teacher_val)
-    teacher_dir = os.path.join(out, "teacher", chosen_teacher)
+    teacher_dir = train(f"teacher/{chosen_teacher}", {**cfg["teacher"], **TEACHER_RECIPES[chosen_teacher], **select,
+                                                      "eval_examples": cfg["teacher"]["eval_examples"],
+                                                      "eval_attacks": cfg["teacher"]["eval_attacks"], "seed": 0})
+    mirror(teacher_dir, out, results_dir)
     teacher_path = os.path.join(teacher_dir, "model.keras")
     teacher_last = _last_stage(teacher_path)
     save(teacher_selection={"candidates": teacher_val, "chosen": chosen_teacher},

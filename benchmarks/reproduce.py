@@ -101,9 +101,11 @@ def define_flags() -> None:
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
     flags.DEFINE_integer("step_sweep_examples", 500, "Held-out digits of the step_sweep study (--quick: 64).")
     flags.DEFINE_string("capacity_teacher_model", "resnet18", "capacity: the teacher's architecture.")
-    flags.DEFINE_string("capacity_teacher_options", "width=32", "capacity: the teacher's architecture options "
+    flags.DEFINE_string("capacity_teacher_options", "width=24", "capacity: the teacher's architecture options "
                         "(--quick uses width=8).")
-    flags.DEFINE_integer("capacity_teacher_epochs", 12, "capacity: training epochs of each teacher candidate.")
+    flags.DEFINE_integer("capacity_teacher_epochs", 6, "capacity: training epochs of the teacher (--quick: 2).")
+    flags.DEFINE_integer("capacity_select_epochs", 2, "capacity: epochs of each teacher candidate before the choice; "
+                         "the chosen one continues to --capacity_teacher_epochs (--quick: 1).")
     flags.DEFINE_list("capacity_teacher_recipes", list(capacity.TEACHER_RECIPES),
                       f"capacity: teacher candidates, any of {', '.join(capacity.TEACHER_RECIPES)}.")
     flags.DEFINE_string("capacity_student_model", "small_cnn", "capacity: the students' architecture.")

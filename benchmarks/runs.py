@@ -110,7 +110,8 @@ def read_row(workdir: str) -> Optional[dict[str, Any]]:
     if results is None:
         return None
     extra = read_json(os.path.join(workdir, "extra.json")) or {}
-    row = {"natural": results["natural_accuracy"], **{k: results["robust_accuracy"][k] for k in ("fgsm", "pgd20", "cw")},
+    robust = results["robust_accuracy"]
+    row = {"natural": results["natural_accuracy"], **{k: robust[k] for k in ("fgsm", "pgd20", "cw") if k in robust},
            "train_seconds": results["training"]["seconds"]}
     if "autoattack" in extra:
         row["autoattack"] = extra["autoattack"]["accuracy"]
