@@ -85,10 +85,10 @@ def compare(fv: flags.FlagValues = FLAGS) -> dict[str, float]:
 
 def main(argv) -> None:
     del argv
-    from ardir_tf import methods
+    from benchmarks import throughput
 
-    if FLAGS.method not in methods.METHODS:
-        raise ValueError(f"unknown method {FLAGS.method!r}; use any of {', '.join(methods.METHODS)}")
+    if FLAGS.method not in throughput.TRAIN_METHODS:
+        raise ValueError(f"unknown method {FLAGS.method!r}; use any of {', '.join(throughput.TRAIN_METHODS)}")
     if FLAGS.worker:
         worker()
     else:

@@ -86,7 +86,7 @@ FLAGS = flags.FLAGS
 ARDIR_OVER_PGD_AT_MAX = 1.10
 BF16_SPEEDUP_MIN = 3.0
 FLOAT32_PEAK_FRACTION_MIN = 0.5
-_TRAIN_METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
+TRAIN_METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
 _PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _MATMUL_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
@@ -98,7 +98,7 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     D("string", "dataset", "", "Dataset whose shape, classes, normalisation and augmentation to use "
       "(default: mnist for small_cnn, cifar10 otherwise). No data is read.")
     D("integer", "batch_size", 128, "Training batch size.")
-    D("list", "methods", ["pgd_at", "ard", "rslad", "iad", "ardir"], f"Methods: any of {', '.join(_TRAIN_METHODS)}.")
+    D("list", "methods", ["pgd_at", "ard", "rslad", "iad", "ardir"], f"Methods: any of {', '.join(TRAIN_METHODS)}.")
     D("list", "precision", ["float32", "mixed_bfloat16"], f"Precisions: any of {', '.join(_PRECISIONS)}.")
     D("list", "jit_compile", ["false"], "XLA settings to compare: 'false', 'true' or 'false,true'.")
     D("integer", "attack_steps", 10, "PGD steps K of the training attack.")
@@ -492,7 +492,7 @@ def targets(rows: list[dict], cases: dict, model: str, batch_size: int) -> list[
                             "paired_round_median": _paired_ratio(cases[("ardir", p, jit)], cases[("pgd_at", p, jit)]),
                             "threshold": ARDIR_OVER_PGD_AT_MAX, "comparison": "<=",
                             "passed": bool(value <= ARDIR_OVER_PGD_AT_MAX)})
-        for method in _TRAIN_METHODS:
+        for method in TRAIN_METHODS:
             fp32 = _find(rows, kind="train", method=method, precision="float32", jit_compile=jit)
             bf16 = _find(rows, kind="train", method=method, precision="mixed_bfloat16", jit_compile=jit)
             if fp32 and bf16:
@@ -521,9 +521,9 @@ def targets(rows: list[dict], cases: dict, model: str, batch_size: int) -> list[
 
 # ------------------------------------------------------------------------------------------ run
 def _check(a: dict) -> None:
-    unknown = [m for m in a["methods"] if m not in _TRAIN_METHODS]
+    unknown = [m for m in a["methods"] if m not in TRAIN_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; use any of {', '.join(_TRAIN_METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; use any of {', '.join(TRAIN_METHODS)}")
     unknown = [p for p in a["precision"] if p not in _PRECISIONS]
     if unknown:
         raise ValueError(f"unknown precision(s) {', '.join(unknown)}; use any of {', '.join(_PRECISIONS)}")
