@@ -111,7 +111,8 @@ def markdown(results: dict[str, dict[str, Any]], epsilon: float, examples: int) 
         lines += ["", f"RSLAD seed-0 student, PGD-{COMPARISON_STEPS} with step {COMPARISON_STEP_SIZE:g} (accuracy %):", "",
                   "| objective | uniform start | normal start (x + 0.001 N(0, 1)) |", "|---|---|---|"]
         for objective, label in (("ce", "cross-entropy"), (KL_OBJECTIVE, "KL to the teacher (RSLAD's)")):
-            lines.append(f"| {label} | {100 * rslad[f'{objective}/uniform']:.1f} | {100 * rslad[f'{objective}/normal']:.1f} |")
+            uniform, normal = rslad[f"{objective}/uniform"], rslad[f"{objective}/normal"]
+            lines.append(f"| {label} | {100 * uniform:.1f} | {100 * normal:.1f} |")
     return "\n".join(lines)
 
 

@@ -215,7 +215,7 @@ def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
     assert "| PGD-20 | ARD | 0: +4.0, 1: +7.0 | +5.5 ± 2.1 | +4.0 to +7.0 | higher on all 2 seeds |" in text
     assert "| PGD-20 | best non-distilled (trades) | 0: -4.0, 1: -5.0 | -4.5 ± 0.7 | -5.0 to -4.0 | lower on all 2 seeds |" in text
     assert "chosen: **trades_uniform**" in text and "(9.0x)" in text and "(11.5x)" in text
-    assert "above that of every non-distilled student" in text
+    assert "above that of every non-distilled student on the same digits" in text
     assert "students 16 min" in text  # 8 student runs x 120 s
     assert (tmp_path / "capacity.png").stat().st_size > 1000
     assert "\ntraining " not in "\n" + proc.stdout  # nothing trained
@@ -273,3 +273,15 @@ def test_quick_step_sweep(tmp_path):
     assert set(summary["step_sweep"]["rslad"]["comparison"]) == {"ce/uniform", "ce/normal", "kl_teacher/uniform",
                                                                  "kl_teacher/normal"}
     assert "## Step sizes and RSLAD's attack" in (tmp_path / "results.md").read_text()
+
+
+def test_reading_says_plainly_when_a_non_distilled_student_matches_the_teacher():
+    teacher = {"autoattack": 0.70, "autoattack_examples": 500, "aa200": 0.70, "aa200_examples": 200}
+    students = {"pgd_at": [{"seed": 0, "autoattack": 0.60, "autoattack_examples": 500, "aa200": 0.6},
+                           {"seed": 1, "autoattack": 0.71, "autoattack_examples": 200, "aa200": 0.71}],
+                "trades": [{"seed": 0, "autoattack": 0.65, "autoattack_examples": 500, "aa200": 0.65}]}
+    lines = capacity_report.reading({}, students, teacher, [], ("pgd_at", "trades"))
+    assert "**not** above that of pgd_at seed 1 (first 200)" in lines[0]
+    students["pgd_at"][1].update(aa200=0.69, autoattack=0.69)
+    assert "above that of every non-distilled student" in capacity_report.reading({}, students, teacher, [],
+                                                                                 ("pgd_at", "trades"))[0]
