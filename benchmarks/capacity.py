@@ -315,7 +315,8 @@ def run(f) -> dict[str, Any]:
                 autoattack_parts(workdir, s, todo)
             mirror(workdir, out, results_dir)
 
-    save(command_seconds=round(time.time() - start, 1), environment=_environment())
+    save(command_seconds=round(time.time() - start, 1), environment=_environment(),
+         wall_seconds={k: round(v, 1) for k, v in wall_times(read_summary(results_dir)).items()})
     return read_summary(results_dir)
 
 
@@ -351,6 +352,20 @@ def _environment() -> dict[str, Any]:
 
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "cpu": hardware.summary().get("cpu"),
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())}
+
+
+def wall_times(summary: dict[str, Any]) -> dict[str, float]:
+    """Seconds per part from the runs' own timers (training + held-out evaluation, validation,
+    AutoAttack), so that a study run across sessions adds up correctly."""
+    parts = {"teacher candidates": 0.0, "ARDIR selection": 0.0, "students": 0.0, "AutoAttack": 0.0}
+    for name, row in summary.get("runs", {}).items():
+        if row is None:
+            continue
+        part = ("teacher candidates" if name.startswith("teacher/") else
+                "ARDIR selection" if name.startswith("select_ardir/") else "students")
+        parts[part] += row["train_seconds"] + row.get("val_seconds", 0.0)
+        parts["AutoAttack"] += row.get("autoattack_seconds", 0.0)
+    return parts
 
 
 def read_summary(results_dir: str) -> dict[str, Any]:

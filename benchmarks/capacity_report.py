@@ -142,20 +142,6 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def wall_times(summary: dict[str, Any]) -> dict[str, float]:
-    """Seconds per part from the runs' own timers (training + held-out evaluation, validation,
-    AutoAttack), so that a study run across sessions adds up correctly."""
-    parts = {"teacher candidates": 0.0, "ARDIR selection": 0.0, "students": 0.0, "AutoAttack": 0.0}
-    for name, row in summary.get("runs", {}).items():
-        if row is None:
-            continue
-        part = ("teacher candidates" if name.startswith("teacher/") else
-                "ARDIR selection" if name.startswith("select_ardir/") else "students")
-        parts[part] += row["train_seconds"] + row.get("val_seconds", 0.0)
-        parts["AutoAttack"] += row.get("autoattack_seconds", 0.0)
-    return parts
-
-
 def section(summary: dict[str, Any], plot_name: str = "capacity.png",
             non_distilled: Sequence[str] = capacity.NON_DISTILLED) -> str:
     """The Markdown section (without the markers) for ``summary`` (:func:`benchmarks.capacity.read_summary`)."""
@@ -223,7 +209,7 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
             md.append(f"| {c['metric']} | {c['against']} | {by_seed} | {c['mean']:+.1f} ± {c['std']:.1f} | "
                       f"{c['min']:+.1f} to {c['max']:+.1f} | {verdict(c)} |")
     md += ["", f"![Robust accuracy per method, one point per seed]({plot_name})"]
-    times = wall_times(summary)
+    times = capacity.wall_times(summary)
     total = sum(times.values())
     md += ["", "Wall time (the runs' own timers, training and evaluation): " + ", ".join(
         f"{k} {_minutes(v)}" for k, v in times.items()) + f"; {_minutes(total)} in all"

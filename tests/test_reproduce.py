@@ -249,6 +249,8 @@ def test_quick_capacity_study_end_to_end_and_resumed(tmp_path):
     assert sizes["teacher"]["model"] == "resnet18" and sizes["parameter_ratio"] == pytest.approx(
         sizes["teacher"]["parameters"] / sizes["student"]["parameters"])
     assert summary["ardir_selection"]["chosen"] in capacity.ARDIR_CANDIDATES
+    assert set(summary["wall_seconds"]) == {"teacher candidates", "ARDIR selection", "students", "AutoAttack"}
+    assert all(v > 0 for v in summary["wall_seconds"].values()), summary["wall_seconds"]
     for run in ("pgd_at/seed-0", "ardir/seed-0", f"teacher/{summary['teacher_selection']['chosen']}"):
         row = capacity.read_row(str(results / run))  # the mirrored small files alone give the row
         assert 0 <= row["pgd20"] <= row["natural"] <= 1 and row["autoattack_examples"] == 8, run
