@@ -156,7 +156,9 @@ class FABTargeted:
             x_best = tf.where(common.expand(better, x), x_next, x_best)
             best_norm = tf.where(better, dist, best_norm)
             x_next = tf.where(common.expand(adversarial, x), (1.0 - self.beta) * x + self.beta * x_next, x_next)
-            return k + 1, x_next, x_best, best_norm
+            # a batch of one loses its static shape in the broadcasts above; the loop needs it kept
+            return (k + 1, tf.ensure_shape(x_next, x.shape), tf.ensure_shape(x_best, x.shape),
+                    tf.ensure_shape(best_norm, best_norm0.shape))
 
         _, _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x, x, best_norm0), parallel_iterations=1)
         x_adv = common.project(x, x_best, eps, norm)
