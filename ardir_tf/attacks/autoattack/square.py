@@ -210,6 +210,8 @@ class Square:
             return tf.minimum(tf.cast(tf.floor(self.rng.uniform([batch]) * tf.cast(size - h + 1, tf.float32)),
                                       tf.int32), size - h)
 
+        shapes = (x_best.shape, margin_best.shape)  # a batch of one loses them in the broadcasts below
+
         def body(i, x_best, margin_best):
             side = square_side(p_schedule(i, self.queries, self.p_init), height, width, self.norm)
             signs = tf.sign(self.rng.uniform([batch, 1, 1, ch], -1.0, 1.0))
@@ -229,7 +231,7 @@ class Square:
             accept = tf.logical_and(active, m < margin_best)
             x_best = tf.where(common.expand(accept, x), cand, x_best)
             margin_best = tf.where(accept, m, margin_best)
-            return i + 1, x_best, margin_best
+            return i + 1, tf.ensure_shape(x_best, shapes[0]), tf.ensure_shape(margin_best, shapes[1])
 
         def cond(i, x_best, margin_best):
             return tf.logical_and(i < stop, tf.reduce_any(margin_best >= 0.0))
