@@ -186,8 +186,8 @@ def read_row(workdir: str) -> Optional[dict[str, Any]]:
     val = runs.read_json(os.path.join(workdir, "validation.json"))
     if val:
         row["val_pgd20"], row["val_natural"], row["val_seconds"] = val["pgd20"], val["natural"], val["seconds"]
-        results = runs.read_json(os.path.join(workdir, "results.json"))
-        if results["training"]["epochs"] > val.get("epochs", results["training"]["epochs"]):
+        epochs = runs.read_json(os.path.join(workdir, "results.json"))["training"].get("epochs")
+        if epochs and val.get("epochs") and epochs > val["epochs"]:
             # continued after its validation (the chosen teacher): the first part's seconds too
             row["train_seconds"] += val["train_seconds"]
     return row

@@ -183,14 +183,17 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
         cands = ", ".join(f"{n} {100 * v['pgd20']:.1f}%" for n, v in asel["candidates"].items())
         md.append(f"- ARDIR's layer pair and gamma picked the same way (seed 0): {cands}; chosen: **{asel['chosen']}** "
                   "(a connector maps the student's map onto the teacher's).")
-    md.append("- Every choice above read only the validation digits; the 1,000 held-out digits are reported, never used "
-              "to choose.")
+    held_out = summary.get("settings", {}).get("student", {}).get("eval_examples", 1000)
+    md.append(f"- Every choice above read only the validation digits; the {held_out:,} held-out digits are reported, "
+              "never used to choose.")
     table = {}
     if teacher:
         table[f"teacher ({sel['chosen']})"] = runs.aggregate([teacher])
     table.update({m: runs.aggregate(rows) for m, rows in students.items()})
+    first = next((r["aa200_examples"] for rows in students.values() for r in rows if "aa200_examples" in r), 200)
+    every = (teacher or {}).get("autoattack_examples", 500)
     cols = [("natural", "natural"), ("fgsm", f"FGSM @{eps:g}"), ("pgd20", f"PGD-20 @{eps:g}"), ("cw", f"CW @{eps:g}"),
-            ("aa200", f"AutoAttack @{eps:g}, first 200"), ("autoattack", f"AutoAttack @{eps:g}, 500 (seed 0)")]
+            ("aa200", f"AutoAttack @{eps:g}, first {first}"), ("autoattack", f"AutoAttack @{eps:g}, {every} (seed 0)")]
     seed0 = {m: next((r for r in rows if r.get("autoattack_examples", 0) > r.get("aa200_examples", 0)), None)
              for m, rows in students.items()}
     for m, agg in table.items():  # the 500-digit column: seed 0 only (the others have 200)
@@ -198,7 +201,8 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
         row = teacher if m.startswith("teacher") else seed0.get(m)
         if row and row.get("autoattack_examples", 0) > row.get("aa200_examples", 0):
             agg["autoattack"] = {"mean": row["autoattack"], "std": 0.0, "n": 1}
-    md += ["", "Accuracy (%), mean ± sample standard deviation over seeds; 1,000 held-out digits except AutoAttack:", "",
+    md += ["", f"Accuracy (%), mean ± sample standard deviation over seeds; {held_out:,} held-out digits except "
+           "AutoAttack:", "",
            runs.markdown_table(table, 0, eps, cols)]
     comps = comparisons(students, non_distilled)
     if comps:
