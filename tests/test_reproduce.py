@@ -260,7 +260,7 @@ def test_quick_capacity_study_end_to_end_and_resumed(tmp_path):
     assert "| ardir | 1 |" in text and "| pgd_at | 1 |" in text and "Wall time" in text
     again = cli(*args)  # finished runs are reused, nothing retrained or re-attacked
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "training " not in again.stdout and "AutoAttack on" not in again.stdout, again.stdout
+    assert "\ntraining " not in "\n" + again.stdout and "AutoAttack on" not in again.stdout, again.stdout
 
 
 @pytest.mark.slow
