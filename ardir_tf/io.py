@@ -1,13 +1,14 @@
 """File input/output shared by training, evaluation, reports and export: atomic writes and safe
-model loading. It imports no other ``ardir_tf`` module, so every module may import it."""
+model loading, file digests. It imports no other ``ardir_tf`` module, so every module may import it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
 
-__all__ = ["load_model_file", "write_json_atomic", "write_text_atomic"]
+__all__ = ["load_model_file", "sha256", "write_json_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -19,6 +20,15 @@ def write_text_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -12,12 +12,13 @@ may be shared). Usage::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import numpy as np
 from absl import app, flags
+
+from ardir_tf.io import write_json_atomic
 
 flags.DEFINE_string("model", None, "A .keras classifier of mnist5k digits (default: train one).")
 flags.DEFINE_integer("examples", 40, "The first N held-out digits.")
@@ -80,9 +81,7 @@ def main(argv) -> None:
     print(f"CPU: {out['cpu']} ({out['cpus']} cores); load average before {out['load_before']}, "
           f"after {out['load_after']}")
     if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
+        write_json_atomic(FLAGS.output, out)
 
 
 if __name__ == "__main__":

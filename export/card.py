@@ -9,7 +9,6 @@ are listed in ``docs/export.md``; ``schema_version`` changes when they do.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from typing import Any, Sequence
@@ -19,6 +18,7 @@ import numpy as np
 
 from ardir_tf import data
 from ardir_tf.attacks.pgd import validate
+from ardir_tf.io import sha256
 from ardir_tf.models import default_ir_layers
 
 SCHEMA_VERSION = 1
@@ -149,15 +149,6 @@ def save_examples(x: np.ndarray, y: np.ndarray, class_names: Sequence[str], dire
         index.append({"file": f"{os.path.basename(directory)}/{name}", "label": int(label),
                       "class_name": str(class_names[int(label)]) if int(label) < len(class_names) else str(label)})
     return index
-
-
-def sha256(path: str) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 import pytest
 
+from train_cli import train_cli  # noqa: F401  (a fixture: the training CLI in this process)
+
 NATURAL_ACCURACY_FLOOR = 0.90
 
 

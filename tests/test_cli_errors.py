@@ -13,53 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from typing import NamedTuple
 
 import h5py
 import numpy as np
 import pytest
-from absl import flags
 
-from ardir_tf import cli, train
 from bad_files import TINY, lambda_model, random_bytes, save_npz, save_small_cnn, truncated_model
-
-
-class Outcome(NamedTuple):
-    status: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def train_cli(monkeypatch, capsys):
-    """Runs ``python -m ardir_tf.train ARGS`` in this process and returns its :class:`Outcome`.
-
-    Never pass ``--deterministic`` here: op determinism cannot be switched off again in a process.
-    """
-    if "method" not in flags.FLAGS:
-        train.define_flags()
-
-    def run(*args: str) -> Outcome:
-        flags.FLAGS.unparse_flags()
-        monkeypatch.setattr(sys, "argv", ["ardir_tf.train", *args])
-        with pytest.raises(SystemExit) as stop:
-            cli.run(train.main)
-        captured = capsys.readouterr()
-        return Outcome(stop.value.code or 0, captured.out, captured.err)
-
-    yield run
-    flags.FLAGS.unparse_flags()
-
-
-def error_line(outcome: Outcome) -> str:
-    """The single ``error:`` line of a failed command (exit status 2, no traceback)."""
-    lines = [line for line in outcome.err.strip().splitlines() if line.startswith("error:")]
-    assert outcome.status == 2, outcome.err[-2000:]
-    assert len(lines) == 1, outcome.err[-2000:]
-    assert "Traceback" not in outcome.err, outcome.err[-2000:]
-    return lines[0]
+from train_cli import error_line
 
 
 # Files a case refers to as {name}; each is made only for the cases that use it.

@@ -8,14 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from typing import NamedTuple
 
 import keras
 import numpy as np
 import pytest
 from absl import flags
 
-from ardir_tf import cli, methods, train
+from ardir_tf import methods, train
+from train_cli import error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -28,7 +28,7 @@ def run_cli(args, cwd, module="ardir_tf.train"):
                           timeout=900)
 
 
-def error_line(proc):
+def process_error_line(proc):
     lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1, proc.stderr[-2000:]
@@ -38,7 +38,7 @@ def error_line(proc):
 
 def test_shipped_flagfiles_resolve_from_any_directory(tmp_path):
     # cifar.flags names a teacher under runs/ that this fresh directory does not have.
-    line = error_line(run_cli(["--flagfile=cifar.flags"], tmp_path))
+    line = process_error_line(run_cli(["--flagfile=cifar.flags"], tmp_path))
     assert "runs/cifar_teacher/model.keras" in line
 
 
@@ -159,35 +159,6 @@ def test_a_run_from_before_a_new_flag_still_resumes(tmp_path):
 
 
 # --------------------------------------------- the command line: unused flags, fractions, epsilon
-class Outcome(NamedTuple):
-    status: int
-    err: str
-
-
-@pytest.fixture
-def train_main(monkeypatch, capsys):
-    """Runs ``python -m ardir_tf.train ARGS`` in this process (``cli.run(train.main)``, as the
-    module does after defining its flags); returns the exit status and stderr."""
-    if "method" not in flags.FLAGS:
-        train.define_flags()
-
-    def run(*args: str) -> Outcome:
-        flags.FLAGS.unparse_flags()
-        monkeypatch.setattr(sys, "argv", ["ardir_tf.train", *args])
-        with pytest.raises(SystemExit) as stop:
-            cli.run(train.main)
-        return Outcome(stop.value.code or 0, capsys.readouterr().err)
-
-    yield run
-    flags.FLAGS.unparse_flags()
-
-
-def one_error_line(outcome: Outcome) -> str:
-    lines = [line for line in outcome.err.strip().splitlines() if line.startswith("error:")]
-    assert outcome.status == 2 and len(lines) == 1 and "Traceback" not in outcome.err, outcome.err[-2000:]
-    return lines[0]
-
-
 @pytest.mark.parametrize("args, expected", [
     (["--method=rslad", "--temperature=2"], "--temperature is not used by --method=rslad"),
     (["--method=pgd_at", "--kl_reduction=batchmean", "--alpha=0.5"],
@@ -198,8 +169,8 @@ def one_error_line(outcome: Outcome) -> str:
     (["--method=ard", "--teacher=t.keras", "--teacher_epochs=3"],
      "--teacher_epochs is not used by --method=ard with a given --teacher"),
 ])
-def test_a_flag_the_method_does_not_use_is_refused(train_main, tmp_path, args, expected):
-    line = one_error_line(train_main(*args, f"--workdir={tmp_path / 'w'}"))
+def test_a_flag_the_method_does_not_use_is_refused(train_cli, tmp_path, args, expected):
+    line = error_line(train_cli(*args, f"--workdir={tmp_path / 'w'}"))
     assert expected in line, line
     assert not (tmp_path / "w").exists()
 
@@ -222,9 +193,9 @@ def test_defaults_never_count_as_set():
         train.check_settings_used(dict(train.default_settings(), method=method), [])
 
 
-def test_epsilon_and_step_size_take_fractions(train_main, tmp_path):
+def test_epsilon_and_step_size_take_fractions(train_cli, tmp_path):
     # Fails later, at the unknown model: the fractions were parsed and validated first.
-    line = one_error_line(train_main("--method=pgd_at", "--epsilon=8/255", "--attack_step_size=2/255", "--model=nope",
+    line = error_line(train_cli("--method=pgd_at", "--epsilon=8/255", "--attack_step_size=2/255", "--model=nope",
                                      f"--workdir={tmp_path}"))
     assert "unknown model 'nope'" in line
     assert flags.FLAGS.epsilon == pytest.approx(8 / 255) and flags.FLAGS.attack_step_size == pytest.approx(2 / 255)
@@ -238,8 +209,8 @@ def test_epsilon_and_step_size_take_fractions(train_main, tmp_path):
     (["--epsilon=eight/255"], "not a number or a fraction"),
     (["--attack_step_size=0"], "step size must be positive"),
 ])
-def test_a_bad_epsilon_is_one_line_with_a_hint(train_main, tmp_path, args, expected):
-    line = one_error_line(train_main("--method=pgd_at", *args, f"--workdir={tmp_path / 'w'}"))
+def test_a_bad_epsilon_is_one_line_with_a_hint(train_cli, tmp_path, args, expected):
+    line = error_line(train_cli("--method=pgd_at", *args, f"--workdir={tmp_path / 'w'}"))
     assert expected in line, line
     assert "did you mean" not in line or "/255?" in line
     if args == ["--epsilon=1.5"]:
@@ -247,8 +218,8 @@ def test_a_bad_epsilon_is_one_line_with_a_hint(train_main, tmp_path, args, expec
     assert not (tmp_path / "w").exists()
 
 
-def test_an_l2_radius_above_1_is_not_an_error(train_main, tmp_path):
-    line = one_error_line(train_main("--method=pgd_at", "--norm=l2", "--epsilon=2", "--model=nope", f"--workdir={tmp_path}"))
+def test_an_l2_radius_above_1_is_not_an_error(train_cli, tmp_path):
+    line = error_line(train_cli("--method=pgd_at", "--norm=l2", "--epsilon=2", "--model=nope", f"--workdir={tmp_path}"))
     assert "unknown model 'nope'" in line
 
 

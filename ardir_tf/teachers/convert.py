@@ -17,7 +17,6 @@ torch is imported only here and only when a checkpoint is read: training and ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
+from ardir_tf.io import sha256
 from ardir_tf.models import get as build_model
 from ardir_tf.teachers.architectures import Architecture, describe, normalization_dict
 
@@ -55,14 +55,6 @@ def import_torch():
             "pip install 'ardir-tf[teachers]' (or pip install torch; the CPU build is enough)"
         ) from None
     return torch
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_state_dict(path: str, key: Optional[str] = None) -> tuple[dict[str, np.ndarray], list[str]]:
