@@ -136,6 +136,8 @@ def export(
     try:
         log(f"exporting {model_path} ({model.name}, {info.name}, {threat['norm']} eps={threat['epsilon']:g}) "
             f"to {out}")
+        if modes:  # LiteRT first: a model it cannot convert fails before the float artifacts are built
+            quantize_lib.write_variants(model, tmp, modes, calibration_x)
         sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
         savedmodel.save(model, sm_dir, info.input_shape, student_layers, threat["norm"])
         onnx_path = os.path.join(tmp, ONNX_FILE)

@@ -255,8 +255,10 @@ def quantize_onnx(float_path: str, out_path: str, calibration: np.ndarray) -> No
 
 
 def write_variants(model, directory: str, modes: Sequence[str], calibration: np.ndarray | None,
-                   float_onnx: str) -> dict[str, str]:
-    """Writes the files of ``modes`` into ``directory``; returns ``{variant name: path}``.
+                   float_onnx: str | None = None) -> dict[str, str]:
+    """Writes the LiteRT files of ``modes`` into ``directory`` and, given ``float_onnx``, the int8
+    ONNX model too (the export converts LiteRT first, so that an unconvertible model fails before
+    the float artifacts are built); returns ``{variant name: path}`` of the files written.
 
     Raises:
         ValueError: a conversion failed (see :func:`convert_litert`, :func:`quantize_onnx`).
@@ -268,8 +270,10 @@ def write_variants(model, directory: str, modes: Sequence[str], calibration: np.
         if name.startswith("litert"):
             with open(path, "wb") as f:
                 f.write(convert_litert(model, mode, calibration))
-        else:
+        elif float_onnx is not None:
             quantize_onnx(float_onnx, path, calibration)
+        else:
+            continue
         paths[name] = path
     return paths
 
@@ -305,7 +309,9 @@ def export_variants(
     speed_seconds: float = 2.0,
     log=print,
 ) -> dict:
-    """Writes, verifies, times and attacks the quantized variants; returns the card's ``quantization``.
+    """Writes the int8 ONNX model, then verifies, times and attacks every quantized variant (the
+    LiteRT files must already be in ``directory``: :func:`write_variants`); returns the card's
+    ``quantization`` section.
 
     Args:
         model: the float32 Keras classifier.
@@ -338,7 +344,12 @@ def export_variants(
 
     if not 0 < min_agreement <= 1:
         raise ValueError(f"the least top-1 agreement must lie in (0, 1], got {min_agreement}")
-    paths = write_variants(model, directory, modes, calibration, float_onnx)
+    paths = {name: os.path.join(directory, VARIANTS[name][1]) for name in variants(modes)}
+    for name, path in paths.items():
+        if name.startswith("onnx"):
+            quantize_onnx(float_onnx, path, calibration)
+        elif not os.path.isfile(path):
+            raise ValueError(f"{VARIANTS[name][1]} was not written; call write_variants first")
     call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     ref = np.concatenate([call(tf.constant(x[i:i + 256])).numpy() for i in range(0, len(x), 256)])
     float_file = runtimes.load(float_onnx)
@@ -382,13 +393,20 @@ def export_variants(
         xe, ye = x[:n], y[:n]
         log(f"robustness protocol on {n} held-out images ({norm} eps={epsilon:g}): float model PGD-{qe.PGD_STEPS}, "
             f"AutoAttack, Square {queries} queries ...")
-        side = qe.float_attacks(model, xe, ye, epsilon=epsilon, norm=norm, queries=queries, seed=seed,
-                                autoattack_members=autoattack_members)
-        float_row = qe.summarize_float(side)
-        results = {"float": float_row}
-        for name, clf in files.items():
-            results[name] = qe.evaluate_file(clf, xe, ye, side, epsilon=epsilon, norm=norm, queries=queries,
-                                             seed=seed, float_gap=float_row["gap"])
+        tf_logger = tf.get_logger()
+        level = tf_logger.level
+        tf_logger.setLevel("ERROR")  # each Square instance retraces per batch size: expected, not news
+        try:
+            side = qe.float_attacks(model, xe, ye, epsilon=epsilon, norm=norm, queries=queries, seed=seed,
+                                    autoattack_members=autoattack_members)
+            float_row = qe.summarize_float(side)
+            results = {"float": float_row}
+            for name, clf in files.items():
+                results[name] = qe.evaluate_file(clf, xe, ye, side, epsilon=epsilon, norm=norm, queries=queries,
+                                                 seed=seed, float_gap=float_row["gap"])
+        finally:
+            tf_logger.setLevel(level)
+        for name in files:
             if results[name]["warning"]:
                 log(f"warning: {VARIANTS[name][1]}: {results[name]['warning']}")
         section["robustness"] = {
