@@ -4,7 +4,9 @@ runtime, the per-example minimum) and bad input.
 
 One tiny ``small_cnn`` (width 4, two epochs on 1,000 mnist5k digits, not adversarially trained, so
 the attacks finish fast) is exported once with ``--quantize=dynamic,int8`` (module fixture
-``bundle``); the protocol runs on a few images with a small query budget.
+``bundle``, a few minutes on 2 shared cores: its tests are marked slow); the protocol runs on a few
+images with a small query budget. The bad-input tests point ``--out`` at a stand-in previous export
+(a directory with ``model_card.json``) and check it is left byte for byte.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def test_check_calibration():
 
 
 # ------------------------------------------------------------------------------ the exported files
+@pytest.mark.slow
 def test_bundle_card_rows(bundle):
     out, proc = bundle
     card = json.loads((out / "model_card.json").read_text())
@@ -135,6 +138,7 @@ def test_bundle_card_rows(bundle):
     assert "## Quantized files" in (out / "BUILD.md").read_text()
 
 
+@pytest.mark.slow
 def test_quantized_files_run_without_tensorflow(bundle, workdir, mnist_test):
     """The files run in a Python that cannot import the project and never imports TensorFlow; the
     int8 file really holds int8 tensors, and its logits follow the Keras model's."""
@@ -195,11 +199,13 @@ def test_square_through_a_runtime_equals_square_on_keras(workdir, mnist_test):
     assert direct.sum() < clean.sum()
 
 
-def test_evaluate_file_is_the_per_example_minimum(bundle, mnist_test):
-    out, _ = bundle
+def test_evaluate_file_is_the_per_example_minimum(workdir, mnist_test, tmp_path):
     x, y = mnist_test
     xs, ys = x[:20], y[:20]
-    clf = runtimes.load(str(out / "model_int8.tflite"))
+    model = keras.models.load_model(workdir / "model.keras")
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(quantize.convert_litert(model, "int8", data.load_arrays("mnist5k", "train", examples=50)[0]))
+    clf = runtimes.load(str(path))
     rng = np.random.default_rng(0)
     noisy = np.clip(xs + rng.uniform(-EPSILON, EPSILON, xs.shape), 0, 1).astype(np.float32)
     side = {"x_pgd20": noisy, "x_autoattack": xs}
@@ -215,10 +221,12 @@ def test_evaluate_file_is_the_per_example_minimum(bundle, mnist_test):
 
 
 # ------------------------------------------------------------------------------------ bad input
-def _copy(bundle, tmp_path):
-    out, _ = bundle
+def _previous_export(tmp_path):
+    """A stand-in for an existing export in ``--out`` (what ``--overwrite`` may replace)."""
     target = tmp_path / "existing"
-    shutil.copytree(out, target)
+    target.mkdir()
+    (target / "model_card.json").write_text('{"schema_version": 1}\n')
+    (target / "model.onnx").write_bytes(b"float model bytes")
     return target, tree_digest(target)
 
 
@@ -230,29 +238,30 @@ def _assert_bad(proc, target, before, pattern):
     assert not [p for p in os.listdir(target.parent) if p.startswith("existing.")]  # no temporary left behind
 
 
-def test_unknown_mode_exits_2_and_keeps_the_export(bundle, workdir, tmp_path):
-    target, before = _copy(bundle, tmp_path)
+def test_unknown_mode_exits_2_and_keeps_the_export(workdir, tmp_path):
+    target, before = _previous_export(tmp_path)
     proc = run(["-m", "export", f"--model={workdir / 'model.keras'}", f"--out={target}", "--overwrite",
                 "--quantize=dynamic,int4"])
     _assert_bad(proc, target, before, "unknown quantization mode 'int4'")
 
 
-def test_calibration_of_the_wrong_shape_exits_2_and_keeps_the_export(bundle, workdir, tmp_path):
-    target, before = _copy(bundle, tmp_path)
+def test_calibration_of_the_wrong_shape_exits_2_and_keeps_the_export(workdir, tmp_path):
+    target, before = _previous_export(tmp_path)
     np.savez(tmp_path / "cal.npz", x=np.zeros((20, 32, 32, 3), np.float32))
     proc = run(["-m", "export", f"--model={workdir / 'model.keras'}", f"--out={target}", "--overwrite",
                 "--quantize=int8", f"--calibration={tmp_path / 'cal.npz'}"])
     _assert_bad(proc, target, before, "the model takes [N, 28, 28, 1]")
 
 
-def test_unconvertible_layer_exits_2_and_keeps_the_export(bundle, tmp_path):
+@pytest.mark.slow
+def test_unconvertible_layer_exits_2_and_keeps_the_export(tmp_path):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     try:
         from unconvertible_layer import Erf
     finally:
         sys.path.pop(0)
     train_tiny(str(tmp_path / "erf"), extra_layer=Erf())
-    target, before = _copy(bundle, tmp_path)
+    target, before = _previous_export(tmp_path)
     proc = run([os.path.join(ROOT, "tests", "unconvertible_layer.py"), f"--model={tmp_path / 'erf' / 'model.keras'}",
                 f"--out={target}", "--overwrite", "--quantize=int8", "--verify_examples=64", "--examples=1",
                 "--calibration_examples=20"])
