@@ -3,6 +3,10 @@
 Usage::
 
     python -m export.predict --onnx=DIR/model.onnx IMAGE [IMAGE ...] [--top_k=3] [--json] [--invert]
+    python -m export.predict --model=DIR/model_int8.tflite IMAGE ...   # or model_int8.onnx, model.onnx
+
+``--model`` takes any exported classifier file: ``.onnx`` (onnxruntime) or a quantized LiteRT
+``.tflite`` (``export --quantize``; needs the ``ai-edge-litert`` package, not TensorFlow).
 
 This file imports no TensorFlow and nothing from this project, so the export copies it into the
 bundle (``DIR/predict.py``) where it runs as ``python predict.py --onnx=model.onnx IMAGE``.
@@ -151,6 +155,57 @@ def open_session(onnx_path: str):
         raise InputError(f"{onnx_path!r} is not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
 
 
+class LiteRTSession:
+    """A LiteRT (``.tflite``) classifier behind the few onnxruntime-session methods this file uses
+    (``get_inputs``, ``run(["probabilities"], {"images": x})``, ``get_modelmeta``), so that every
+    function here takes either. The file's output is the logits; the probabilities are their softmax.
+    """
+
+    def __init__(self, path: str):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._it = Interpreter(model_path=path)
+        (self._in,) = self._it.get_input_details()
+        self._out = self._it.get_output_details()[0]
+        self._batch = None
+
+    def get_inputs(self):
+        shape = [None, *(int(d) for d in self._in["shape_signature"][1:])]
+        return [type("Input", (), {"name": "images", "shape": shape})()]
+
+    def get_modelmeta(self):
+        return type("Meta", (), {"custom_metadata_map": {}})()
+
+    def run(self, names, feeds):
+        x = np.ascontiguousarray(feeds["images"], np.float32)
+        if self._batch != len(x):  # the batch dimension is dynamic: resize when it changes
+            self._it.resize_tensor_input(self._in["index"], list(x.shape))
+            self._it.allocate_tensors()
+            self._batch = len(x)
+        self._it.set_tensor(self._in["index"], x)
+        self._it.invoke()
+        logits = np.array(self._it.get_tensor(self._out["index"]), np.float64)
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        out = {"logits": logits.astype(np.float32), "probabilities": (e / e.sum(-1, keepdims=True)).astype(np.float32)}
+        return [out[n] for n in names]
+
+
+def open_model(path: str):
+    """An onnxruntime session for ``.onnx``, a :class:`LiteRTSession` for ``.tflite``."""
+    if not path.lower().endswith(".tflite"):
+        return open_session(path)
+    if not os.path.isfile(path):
+        raise InputError(f"LiteRT model {path!r} does not exist")
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        raise InputError("running a .tflite file needs the ai-edge-litert package (pip install ai-edge-litert)") from None
+    try:
+        return LiteRTSession(path)
+    except Exception as err:  # the interpreter raises ValueError/RuntimeError for a bad file
+        raise InputError(f"{path!r} is not a loadable LiteRT model ({str(err).splitlines()[0][:200]})") from None
+
+
 def probabilities(session, x: np.ndarray) -> np.ndarray:
     """Softmax probabilities ``[N, K]`` of images ``x`` (validated by :func:`check_batch`)."""
     x = check_batch(x, model_input_shape(session))
@@ -168,7 +223,8 @@ def top_k(probs: np.ndarray, k: int, names: Sequence[str] | None) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0, or 2 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m export.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx", required=True, help="the exported model.onnx")
+    parser.add_argument("--onnx", help="the exported model.onnx")
+    parser.add_argument("--model", help="any exported classifier file: .onnx or a quantized .tflite")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or .npy arrays")
     parser.add_argument("--top_k", type=int, default=3, help="classes to print per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text lines")
@@ -177,9 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.top_k < 1:
             raise InputError(f"--top_k must be >= 1, got {args.top_k}")
-        session = open_session(args.onnx)
+        if bool(args.onnx) == bool(args.model):
+            raise InputError("pass exactly one of --onnx and --model")
+        path = args.model or args.onnx
+        session = open_model(path)
         shape = model_input_shape(session)
-        names = class_names(args.onnx, session)
+        names = class_names(path, session)
         rows = []
         for path in args.images:
             x = load_image(path, shape, invert=args.invert)

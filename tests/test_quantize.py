@@ -267,3 +267,29 @@ def test_unconvertible_layer_exits_2_and_keeps_the_export(tmp_path):
                 "--calibration_examples=20"])
     _assert_bad(proc, target, before, "cannot convert model")
     assert "Erf" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- predict
+@pytest.mark.slow
+def test_predict_takes_the_quantized_files(bundle):
+    """``export.predict --model`` classifies the bundle's example digits with each quantized file
+    as the float ONNX model does (the examples are held-out digits the tiny model gets right)."""
+    out, _ = bundle
+    images = sorted(str(p) for p in (out / "examples").glob("*.png"))
+    answers = {}
+    for name in ("model.onnx", "model_dynamic.tflite", "model_int8.tflite", "model_int8.onnx"):
+        proc = run(["-m", "export.predict", f"--model={out / name}", "--json", *images])
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        answers[name] = [row["top"][0]["class"] for row in json.loads(proc.stdout)]
+    assert all(a == answers["model.onnx"] for a in answers.values()), answers
+
+
+def test_predict_bad_model_arguments(tmp_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_text("not a flatbuffer")
+    for args, message in ((["x.png"], "exactly one of --onnx and --model"),
+                          ([f"--model={tmp_path / 'missing.tflite'}", "x.png"], "does not exist"),
+                          ([f"--model={bad}", "x.png"], "is not a loadable LiteRT model")):
+        proc = run(["-m", "export.predict", *args])
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error:"), proc.stderr
+        assert message in proc.stderr
