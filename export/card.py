@@ -360,6 +360,7 @@ def quantization_rows(section: dict) -> list[dict]:
             "clean": r.get("clean"),
             "pgd20": r.get("transfer_pgd20", r.get("pgd20")),
             "autoattack": r.get("transfer_autoattack", r.get("autoattack")),
+            "fakequant_pgd20": r.get("transfer_fakequant_pgd20"),
             "square": r.get("square"),
             "robust": r.get("robust"),
             "warning": r.get("warning"),
@@ -369,16 +370,18 @@ def quantization_rows(section: dict) -> list[dict]:
 
 def format_quantization(section: dict) -> str:
     """A Markdown table of :func:`quantization_rows` (accuracies in %; the float row's PGD-20 and
-    AutoAttack are white-box on the float model, the others' are those images transferred)."""
+    AutoAttack are white-box on the float model, the others' are those images transferred; FQ
+    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred)."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     rob = section.get("robustness") or {}
     head = ("| variant | file | bytes | size | latency b=1 (ms) | img/s b=128 | top-1 agree | clean | PGD-20 | "
-            "AutoAttack | Square | robust (min) |")
-    lines = [head, "|" + "---|" * 12]
+            "AutoAttack | FQ PGD-20 | Square | robust (min) |")
+    lines = [head, "|" + "---|" * 13]
     for r in quantization_rows(section):
         lines.append(f"| {r['variant']} | {r['file']} | {r['bytes']:,} | {100 * r['size_ratio']:.1f}% | "
                      f"{r['latency_ms_batch1']:.3f} | {r['images_per_s_batch128']:,.0f} | {pct(r['top1_agreement'])} | "
-                     f"{pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} | {pct(r['square'])} | "
+                     f"{pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} | {pct(r['fakequant_pgd20'])} | "
+                     f"{pct(r['square'])} | "
                      f"{pct(r['robust'])} |")
     if rob:
         lines.append(f"\n{rob['examples']} held-out images, {rob['norm']} eps={rob['epsilon']:g}; Square "

@@ -397,8 +397,17 @@ def export_variants(
         level = tf_logger.level
         tf_logger.setLevel("ERROR")  # each Square instance retraces per batch size: expected, not news
         try:
+            surrogate = None
+            if "int8" in modes:
+                from export.fake_quant import fake_quantized_copy
+
+                surrogate = fake_quantized_copy(model, calibration)
+                scall = tf.function(lambda b: surrogate(b, training=False), reduce_retracing=True)
+                s_top = np.argmax(scall(tf.constant(x)).numpy(), -1)
+                surrogate_agreement = {name: float(np.mean(s_top == np.argmax(files[name](x), -1)))
+                                       for name in files}
             side = qe.float_attacks(model, xe, ye, epsilon=epsilon, norm=norm, queries=queries, seed=seed,
-                                    autoattack_members=autoattack_members)
+                                    autoattack_members=autoattack_members, surrogate=surrogate)
             float_row = qe.summarize_float(side)
             results = {"float": float_row}
             for name, clf in files.items():
@@ -414,6 +423,10 @@ def export_variants(
             "pgd": f"PGD-{qe.PGD_STEPS} on the float model, uniform start, step eps/4, cross-entropy",
             "autoattack": side["autoattack_settings"],
             "square_queries": int(queries), "seed": int(seed),
+            "fake_quantized_copy": None if surrogate is None else {
+                "attack": f"PGD-{qe.PGD_STEPS} white-box on the fake-quantized float copy (export/fake_quant.py)",
+                "top1_agreement_with_files": surrogate_agreement,
+                "accuracy_on_its_own_pgd20": side["surrogate_accuracy"]},
             "robust": "per example: correct clean, on both transferred images and after Square",
             "results": results,
         }

@@ -7,7 +7,8 @@ figure is reported on its own:
 1. **clean**: the file's accuracy on the held-out images;
 2. **transfer**: the float Keras model's PGD-20 and AutoAttack adversarial images (white-box on the
    float model, :func:`ardir_tf.attacks.pgd`, :class:`ardir_tf.attacks.autoattack.AutoAttack`),
-   classified by the file;
+   classified by the file; and, when a ``surrogate`` is given (the fake-quantized copy of
+   :mod:`export.fake_quant`), PGD-20 white-box on that copy, classified by the file;
 3. **black-box**: the Square attack (:class:`ardir_tf.attacks.autoattack.Square`, score-based, no
    gradients) run against the file through its own runtime (:mod:`export.runtimes`), with a
    stated query budget, on the images the file classifies correctly.
@@ -67,33 +68,45 @@ def square(model: Callable, x: np.ndarray, y: np.ndarray, *, epsilon: float, nor
 
 
 def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: str, queries: int, seed: int = 0,
-                  autoattack_members: tuple[str, ...] | None = None, batch_size: int = 200) -> dict:
+                  autoattack_members: tuple[str, ...] | None = None, surrogate=None, batch_size: int = 200) -> dict:
     """The float Keras model's side: its adversarial images and per-example results.
 
     Returns ``{"x_pgd20", "x_autoattack"`` (``[N, H, W, C]``: the adversarial image where the
     attack found one, else the clean image), ``"correct"``: ``{"clean", "pgd20", "autoattack",
     "square"}`` of ``[N]`` bool, and ``"autoattack_settings"}``. AutoAttack is the standard version
-    with Square at ``queries`` queries (``autoattack_members`` restricts it, for tests).
+    with Square at ``queries`` queries (``autoattack_members`` restricts it, for tests). With a
+    ``surrogate`` (a differentiable stand-in of the quantized files) it also holds
+    ``"x_fakequant_pgd20"`` (PGD-20 white-box on the surrogate) and ``"surrogate_accuracy"`` (the
+    surrogate's own accuracy on those images).
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int32)
     generator = tf.random.Generator.from_seed(seed)
 
-    @tf.function(reduce_retracing=True)
-    def attack(b, labels, key):
-        return pgd(model, b, labels, epsilon=epsilon, step_size=PGD_STEP_FRACTION * epsilon, steps=PGD_STEPS,
-                   norm=norm, random_start="uniform", objective="ce", training=False, seed=key)
+    def pgd20(net):
+        attack = tf.function(lambda b, labels, key: pgd(
+            net, b, labels, epsilon=epsilon, step_size=PGD_STEP_FRACTION * epsilon, steps=PGD_STEPS, norm=norm,
+            random_start="uniform", objective="ce", training=False, seed=key), reduce_retracing=True)
+        return np.concatenate([
+            attack(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
+                   generator.make_seeds(1)[:, 0]).numpy() for i in range(0, len(x), batch_size)])
 
-    x_pgd = np.concatenate([
-        attack(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
-               generator.make_seeds(1)[:, 0]).numpy() for i in range(0, len(x), batch_size)])
+    x_pgd = pgd20(model)
     kwargs = {"attacks": autoattack_members} if autoattack_members else {}
     aa = AutoAttack(model, norm=norm, square_queries=queries, batch_size=batch_size, seed=seed, **kwargs)
     result = aa.run(x, y, epsilon)
     call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     predict = lambda a: np.concatenate([np.argmax(call(tf.constant(a[i:i + batch_size])).numpy(), -1)  # noqa: E731
                                         for i in range(0, len(a), batch_size)])
+    extra = {}
+    if surrogate is not None:
+        x_fq = pgd20(surrogate)
+        scall = tf.function(lambda b: surrogate(b, training=False), reduce_retracing=True)
+        extra = {"x_fakequant_pgd20": x_fq, "surrogate_accuracy": float(np.mean(np.concatenate([
+            np.argmax(scall(tf.constant(x_fq[i:i + batch_size])).numpy(), -1)
+            for i in range(0, len(x), batch_size)]) == y))}
     return {
+        **extra,
         "x_pgd20": x_pgd,
         "x_autoattack": result.x_adv,
         "correct": {
@@ -136,9 +149,10 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
         float_gap: the float model's ``gap`` (:func:`summarize_float`), for the warning.
 
     Returns:
-        ``{"clean", "transfer_pgd20", "transfer_autoattack", "transfer", "square", "robust"}``
-        accuracies (``transfer``: both transfers per example; ``robust``: the per-example minimum of
-        everything), ``"gap"`` (square minus transfer) and ``"warning"`` (a sentence or ``None``).
+        ``{"clean", "transfer_pgd20", "transfer_autoattack", ["transfer_fakequant_pgd20",]
+        "transfer", "square", "robust"}`` accuracies (``transfer``: every transfer per example;
+        ``robust``: the per-example minimum of everything), ``"gap"`` (square minus transfer) and
+        ``"warning"`` (a sentence or ``None``).
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int32)
@@ -151,9 +165,12 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
     if len(idx):
         model = tf_callable(classifier, int(getattr(classifier, "num_classes", 0) or classifier(x[:1]).shape[-1]))
         survived[idx] = square(model, x[idx], y[idx], epsilon=epsilon, norm=norm, queries=queries, seed=seed)
+    rates = {"clean": clean, "transfer_pgd20": t_pgd, "transfer_autoattack": t_aa}
     transfer = clean & t_pgd & t_aa
-    out = _rates({"clean": clean, "transfer_pgd20": t_pgd, "transfer_autoattack": t_aa, "transfer": transfer,
-                  "square": clean & survived, "robust": transfer & survived})
+    if "x_fakequant_pgd20" in side:
+        rates["transfer_fakequant_pgd20"] = predict(side["x_fakequant_pgd20"]) == y
+        transfer = transfer & rates["transfer_fakequant_pgd20"]
+    out = _rates({**rates, "transfer": transfer, "square": clean & survived, "robust": transfer & survived})
     out["gap"] = out["square"] - out["transfer"]
     out["warning"] = None
     if float_gap is not None and abs(out["gap"] - float_gap) > WARN_GAP:

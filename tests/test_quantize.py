@@ -131,7 +131,8 @@ def test_bundle_card_rows(bundle):
     assert f["pgd20"] < f["clean"] and f["robust"] <= min(f["pgd20"], f["autoattack"], f["square"])
     for name in ("litert_dynamic", "litert_int8", "onnx_int8"):
         r = res[name]
-        assert r["robust"] <= min(r["clean"], r["transfer_pgd20"], r["transfer_autoattack"], r["square"])
+        assert r["robust"] <= min(r["clean"], r["transfer_pgd20"], r["transfer_autoattack"],
+                                  r["transfer_fakequant_pgd20"], r["square"])
         assert r["transfer"] < r["clean"]  # the float model's adversarial images do transfer
         assert r["square"] < r["clean"]  # the black-box attack works through the file's runtime
     assert "| litert_int8 | model_int8.tflite |" in proc.stdout
@@ -208,16 +209,43 @@ def test_evaluate_file_is_the_per_example_minimum(workdir, mnist_test, tmp_path)
     clf = runtimes.load(str(path))
     rng = np.random.default_rng(0)
     noisy = np.clip(xs + rng.uniform(-EPSILON, EPSILON, xs.shape), 0, 1).astype(np.float32)
-    side = {"x_pgd20": noisy, "x_autoattack": xs}
+    side = {"x_pgd20": noisy, "x_autoattack": xs, "x_fakequant_pgd20": noisy[::-1].copy()}
     r = quantized_eval.evaluate_file(clf, xs, ys, side, epsilon=EPSILON, norm="linf", queries=10, seed=0,
                                      float_gap=0.0)
     pred = lambda a: clf(a).argmax(-1) == ys  # noqa: E731
     assert r["clean"] == pytest.approx(np.mean(pred(xs)))
     assert r["transfer_pgd20"] == pytest.approx(np.mean(pred(noisy)))
     assert r["transfer_autoattack"] == r["clean"]  # the "adversarial" images here are the clean ones
-    assert r["transfer"] == pytest.approx(np.mean(pred(xs) & pred(noisy)))
+    assert r["transfer_fakequant_pgd20"] == pytest.approx(np.mean(pred(noisy[::-1].copy())))
+    assert r["transfer"] == pytest.approx(np.mean(pred(xs) & pred(noisy) & pred(noisy[::-1].copy())))
     assert r["robust"] <= min(r["transfer"], r["square"])
     assert (r["warning"] is not None) == (abs(r["gap"]) > quantized_eval.WARN_GAP)
+
+
+def test_fake_quantized_copy_tracks_the_int8_file_and_passes_gradients(workdir, mnist_test, tmp_path):
+    """The copy's weights lie on a per-channel int8 grid, it agrees with the real int8 file more
+    closely than the float model does, and PGD through it (straight-through gradients) breaks it."""
+    from export.fake_quant import fake_quantized_copy
+    from ardir_tf.attacks import pgd
+
+    model = keras.models.load_model(workdir / "model.keras")
+    cal = data.load_arrays("mnist5k", "train", examples=100)[0]
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(quantize.convert_litert(model, "int8", cal))
+    copy = fake_quantized_copy(model, cal)
+    kernel = copy.get_layer("logits").kernel.numpy()
+    scale = np.max(np.abs(kernel), axis=0) / 127
+    np.testing.assert_allclose(kernel / scale, np.round(kernel / scale), atol=1e-3)
+    x, y = mnist_test
+    xs, ys = x[UNSEEN], y[UNSEEN]
+    file_logits = runtimes.load(str(path))(xs)
+    copy_logits = copy(xs, training=False).numpy()
+    float_logits = model(xs, training=False).numpy()
+    assert np.mean(copy_logits.argmax(-1) == file_logits.argmax(-1)) >= 0.97
+    assert np.abs(copy_logits - file_logits).mean() < np.abs(float_logits - file_logits).mean()
+    x_adv = pgd(copy, tf.constant(xs), tf.constant(ys), epsilon=EPSILON, step_size=0.075, steps=10, norm="linf",
+                random_start="uniform", objective="ce", training=False, seed=tf.constant([0, 0], tf.int64))
+    assert np.mean(copy(x_adv, training=False).numpy().argmax(-1) == ys) < 0.5 * np.mean(copy_logits.argmax(-1) == ys)
 
 
 # ------------------------------------------------------------------------------------ bad input
