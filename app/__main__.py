@@ -1,8 +1,9 @@
 """``python -m app --export=DIR [--compare=DIR2] [--host=127.0.0.1] [--port=7860]``: the robustness demo.
 
 Runs on the exported artifacts alone (TensorFlow SavedModel, ONNX model, model card, example
-images): nothing of the training code is imported. Binds to 127.0.0.1 unless ``--host`` says
-otherwise and never opens a public share link. Exit status 2 with one ``error: ...`` line for a
+images): nothing of the training library is imported (of this project only the image loader
+:mod:`export.images`). Binds to 127.0.0.1 unless ``--host`` says otherwise and never opens a public
+share link (nor prints Gradio's advice to). Exit status 2 with one ``error: ...`` line for a
 bad bundle directory or flag.
 """
 
@@ -75,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = ui.build(primary, compare)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     try:
+        # quiet: Gradio would otherwise advise "To create a public link, set share=True", an option
+        # this demo deliberately does not have; the address is printed below instead.
         demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
                     max_file_size=MAX_UPLOAD_BYTES, show_error=False, ssr_mode=False, css=ui.CSS,
-                    allowed_paths=[os.path.join(b.path, "examples") for b in (primary, compare) if b])
+                    allowed_paths=[os.path.join(b.path, "examples") for b in (primary, compare) if b],
+                    quiet=True, prevent_thread_lock=True)
     except OSError as err:  # port in use, address not available
         print(f"error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
         return 2
+    print(f"* Running on local URL:  {demo.local_url.rstrip('/')}", flush=True)
+    try:
+        demo.block_thread()
     except KeyboardInterrupt:
         pass
     return 0

@@ -1,24 +1,27 @@
 """An exported bundle at run time: the SavedModel, the ONNX model, the card and the example images.
 
-Only TensorFlow, onnxruntime, NumPy and Pillow are used: nothing of ``ardir_tf`` or ``export`` and
-no Keras source of the model, so the demo runs on a bundle copied to a machine without this project.
+Uses TensorFlow, onnxruntime, NumPy and Pillow, and of this project only the Pillow image loader
+:mod:`export.images` (which the bundle's ``predict.py`` uses too): nothing of ``ardir_tf`` and no
+Keras source of the model, so the demo serves a bundle copied to a machine without the training
+library.
 
 Attacks (all untargeted, on the model's own clean prediction, in the card's threat-model norm,
-pixels kept in [0, 1]):
+pixels kept in [0, 1]) are the bundle's own SavedModel signatures, traced at export time from the
+library's attack functions (see ``export/savedmodel.py``); this module only calls them:
 
 ``FGSM``
-    one step of size ``eps`` along the sign (L-inf) or the direction (L2) of the cross-entropy
-    gradient, no random start (Goodfellow et al. 2015; the evaluation protocol's ``fgsm``).
+    the ``fgsm`` signature: one step of size ``eps`` along the sign (L-inf) or the direction (L2)
+    of the cross-entropy gradient, no random start (Goodfellow et al. 2015; the protocol's ``fgsm``).
 ``PGD``
-    the bundle's own ``attack`` signature: uniform random start in the ball, ``steps`` steps of
-    size ``eps / 4`` on the cross-entropy (Madry et al. 2018; ``steps=20`` is the card's ``pgd20``).
+    the ``pgd`` signature: uniform random start in the ball, ``steps`` steps of size ``eps / 4`` on
+    the cross-entropy (Madry et al. 2018; ``steps=20`` is the card's ``pgd20``).
 ``CW``
-    PGD on the Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (clamped at 50, the evaluation
-    protocol's ``cw``): uniform random start, ``steps`` steps of size ``eps / 4``.
+    the ``cw`` signature: the same PGD on the Carlini-Wagner margin ``max_{j != y} z_j - z_y``
+    (clamped at 50; ``steps=30`` is the protocol's ``cw``).
 
-The ``attack`` signature has a fixed step of ``eps / 4``, so it cannot take FGSM's single step of
-``eps``; FGSM and CW are therefore written here with ``tf.GradientTape`` through the loaded
-``serving_default`` function (gradients flow through a restored SavedModel function).
+The random start is drawn from a fixed seed (:data:`SEED`), so the same request gives the same
+images. A bundle exported before these signatures existed is refused with a one-line
+:class:`BundleError` that says to export it again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+
+from export import images
 
 ATTACKS = ("FGSM", "PGD", "CW")
 #: Upper bound of ``steps`` accepted by the demo (the signature allows 1000; a demo request must
@@ -40,8 +44,12 @@ MAX_STEPS = 100
 #: Largest upload accepted, in bytes and in pixels (width x height, checked before decoding).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
-#: Margin clamp of the CW objective (the evaluation protocol's kappa).
-CW_KAPPA = 50.0
+#: Step size of PGD and CW as a fraction of eps (the evaluation protocol's).
+STEP_FRACTION = 0.25
+#: Stateless seed of the random start of PGD and CW.
+SEED = (0, 0)
+#: The SavedModel signature of each attack (bundles exported before them lack them).
+ATTACK_SIGNATURES = {"FGSM": "fgsm", "PGD": "pgd", "CW": "cw"}
 REQUIRED_FILES = ("model_card.json", "model.onnx", os.path.join("saved_model", "saved_model.pb"))
 
 
@@ -54,30 +62,9 @@ class InputError(ValueError):
 
 
 # --------------------------------------------------------------------------------------- images
-def _to_unit_array(image: Image.Image, channels: int) -> Image.Image:
-    """``image`` converted to 8-bit grayscale (``channels == 1``) or RGB."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit or float images: rescale to 8 bit instead of clipping everything above 255.
-        a = np.asarray(image, np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        if image.mode == "F" and a.max() <= 1.0:
-            top = 1.0
-        image = Image.fromarray(np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels over white, as a browser shows them.
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("L" if channels == 1 else "RGB")
-
-
 def load_image(path: str, shape: Sequence[int], invert: bool = False) -> tuple[np.ndarray, dict]:
-    """Reads an image file of any size and mode and converts it to the model's input.
-
-    Conversion (the same as the bundle's ``predict.py``): EXIF orientation applied, transparency
-    over white, to grayscale or RGB as the model's channels, bilinear resize to ``(H, W)`` (the
-    aspect ratio is not kept), pixels / 255; ``invert`` then takes ``1 - x`` (MNIST models saw
-    white digits on black).
+    """An upload as the model's input: :func:`export.images.load_image` (the bundle's ``predict.py``
+    gives the same array) with the demo's size limits.
 
     Returns:
         ``(x, info)``: float32 ``[H, W, C]`` in [0, 1] and ``{"size": [w, h], "mode": ...}`` of the
@@ -86,38 +73,12 @@ def load_image(path: str, shape: Sequence[int], invert: bool = False) -> tuple[n
     Raises:
         InputError: missing, empty, too large or unreadable file, or too many pixels.
     """
-    h, w, c = (int(d) for d in shape)
     if not path or not os.path.isfile(path):
         raise InputError("No image: pick an example or upload an image file.")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise InputError("The uploaded file is empty.")
-    if size > MAX_UPLOAD_BYTES:
-        raise InputError(f"The uploaded file is too large ({size / 2**20:.1f} MB; the limit is "
-                         f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB).")
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_UPLOAD_PIXELS:
-                raise InputError(f"The image is too large ({width}x{height} pixels; the limit is "
-                                 f"{MAX_UPLOAD_PIXELS / 1e6:.0f} million pixels).")
-            mode = image.mode
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            converted = _to_unit_array(image, c).resize((w, h), Image.BILINEAR)
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError("The uploaded file is not an image this demo can read "
-                         "(use PNG, JPEG, GIF, BMP, WebP or TIFF).") from None
-    except Image.DecompressionBombError as err:
-        raise InputError(f"The image is too large: {err}") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"The image file is damaged or unsupported ({type(err).__name__}: {err}).") from None
-    x = np.asarray(converted, np.float32).reshape(h, w, c) / 255.0
-    if invert:
-        x = 1.0 - x
-    return x, {"size": [int(width), int(height)], "mode": mode}
+        return images.load_image(path, shape, invert, max_bytes=MAX_UPLOAD_BYTES, max_pixels=MAX_UPLOAD_PIXELS)
+    except images.ImageError as err:
+        raise InputError(f"Cannot use the uploaded file: {err}.") from None
 
 
 def to_display(x: np.ndarray, size: int = 224) -> np.ndarray:
@@ -232,13 +193,15 @@ class Bundle:
         self.name = name or f"{method} {arch}".strip()
         try:
             self._module = tf.saved_model.load(os.path.join(self.path, "saved_model"))
-            self._serve = self._module.signatures["serving_default"]
-            self._pgd = self._module.signatures["attack"]
-        except KeyError as err:
-            raise BundleError(f"{self.path!r}: the SavedModel lacks the signature {err}") from None
         except Exception as err:  # a damaged SavedModel: TensorFlow's own error, shortened
             raise BundleError(f"cannot load {os.path.join(self.path, 'saved_model')!r}: "
                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        missing = [n for n in ("serving_default", *ATTACK_SIGNATURES.values()) if n not in self._module.signatures]
+        if missing:
+            raise BundleError(f"{self.path!r} was exported without the signature(s) {', '.join(missing)} that this "
+                              "demo calls; export it again: python -m export --model=MODEL.keras --out=DIR --overwrite")
+        self._serve = self._module.signatures["serving_default"]
+        self._attacks = {method: self._module.signatures[name] for method, name in ATTACK_SIGNATURES.items()}
         try:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1  # requests run in parallel threads already
@@ -249,7 +212,6 @@ class Bundle:
         self.examples = self._examples()
         self._example_by_digest = {_digest(e.path): e for e in self.examples}
         self._tf = tf
-        self._build_attacks()
 
     # ---------------------------------------------------------------------------- metadata
     def _examples(self) -> list[Example]:
@@ -292,92 +254,27 @@ class Bundle:
         return self._onnx.run(["probabilities"], {"images": np.asarray(x, np.float32)})[0]
 
     # ---------------------------------------------------------------------------- attacks
-    def _build_attacks(self) -> None:
-        tf = self._tf
-        serve, norm = self._serve, self.norm
-        spec = [tf.TensorSpec([None, *self.shape], tf.float32), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)]
-        num_classes = len(self.class_names)
-
-        def direction(g):
-            if norm == "linf":
-                return tf.sign(g)
-            flat = tf.reshape(g, [tf.shape(g)[0], -1])
-            n = tf.maximum(tf.norm(flat, axis=1), 1e-12)
-            return g / tf.reshape(n, [-1, 1, 1, 1])
-
-        def project(x_adv, x, eps):
-            d = x_adv - x
-            if norm == "linf":
-                d = tf.clip_by_value(d, -eps, eps)
-            else:
-                flat = tf.reshape(d, [tf.shape(d)[0], -1])
-                n = tf.maximum(tf.norm(flat, axis=1), 1e-12)
-                d = d * tf.reshape(tf.minimum(1.0, eps / n), [-1, 1, 1, 1])
-            return tf.clip_by_value(x + d, 0.0, 1.0)
-
-        def random_start(x, eps):
-            if norm == "linf":
-                return project(x + tf.random.uniform(tf.shape(x), -eps, eps), x, eps)
-            u = tf.random.normal(tf.shape(x))
-            flat = tf.reshape(u, [tf.shape(u)[0], -1])
-            u = u / tf.reshape(tf.maximum(tf.norm(flat, axis=1), 1e-12), [-1, 1, 1, 1])
-            d = tf.cast(tf.size(x[0]), tf.float32)
-            r = eps * tf.random.uniform([tf.shape(x)[0], 1, 1, 1]) ** (1.0 / d)
-            return project(x + r * u, x, eps)
-
-        def ce_loss(x, labels):
-            logits = serve(images=x)["logits"]
-            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-
-        def margin_loss(x, labels):
-            logits = serve(images=x)["logits"]
-            onehot = tf.one_hot(labels, num_classes)
-            true = tf.reduce_sum(onehot * logits, axis=1)
-            other = tf.reduce_max(logits - 1e9 * onehot, axis=1)
-            return tf.minimum(other - true, CW_KAPPA)
-
-        def grad(loss_fn, x, labels):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_sum(loss_fn(x, labels))
-            # The serving signature takes any shape (to refuse bad ones clearly), so the gradient
-            # comes back with an unknown static shape; the attack loops need x's.
-            return tf.ensure_shape(tape.gradient(loss, x), x.shape)
-
-        @tf.function(input_signature=spec)
-        def fgsm(x, labels, eps, steps):
-            del steps
-            return project(x + eps * direction(grad(ce_loss, x, labels)), x, eps)
-
-        @tf.function(input_signature=spec)
-        def cw(x, labels, eps, steps):
-            x_adv = random_start(x, eps)
-            for _ in tf.range(steps):
-                x_adv = project(x_adv + 0.25 * eps * direction(grad(margin_loss, x_adv, labels)), x, eps)
-            return x_adv
-
-        def pgd(x, labels, eps, steps):
-            return self._pgd(images=x, labels=labels, epsilon=eps, steps=steps)["adversarial_images"]
-
-        self._attacks = {"FGSM": fgsm, "PGD": pgd, "CW": cw}
-
-    def attack(self, x: np.ndarray, labels: np.ndarray, method: str, epsilon: float, steps: int) -> np.ndarray:
-        """Adversarial versions of ``x`` (``[N, H, W, C]`` in [0, 1]) against ``labels``.
+    def attack(self, x: np.ndarray, labels: np.ndarray, method: str, epsilon: float, steps: int,
+               seed: Sequence[int] = SEED) -> np.ndarray:
+        """Adversarial versions of ``x`` (``[N, H, W, C]`` in [0, 1]) against ``labels``, computed by
+        the bundle's ``fgsm``, ``pgd`` or ``cw`` signature.
 
         ``method``: ``FGSM`` (``steps`` ignored), ``PGD`` or ``CW``; ``epsilon``: radius in the card's
-        norm, pixel units of [0, 1] images.
+        norm, pixel units of [0, 1] images; PGD and CW take steps of ``epsilon / 4`` from a random
+        start drawn from ``seed`` (two integers).
         """
         tf = self._tf
         if method not in self._attacks:
             raise InputError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACKS)}.")
-        out = self._attacks[method](tf.constant(np.asarray(x, np.float32)),
-                                    tf.constant(np.asarray(labels, np.int32)),
-                                    tf.constant(float(epsilon), tf.float32), tf.constant(int(steps), tf.int32))
-        return out.numpy()
+        args = {"images": tf.constant(np.asarray(x, np.float32)), "labels": tf.constant(np.asarray(labels, np.int32)),
+                "epsilon": tf.constant(float(epsilon), tf.float32)}
+        if method != "FGSM":
+            args.update(step_size=tf.constant(STEP_FRACTION * float(epsilon), tf.float32),
+                        steps=tf.constant(int(steps), tf.int32), seed=tf.constant(np.asarray(seed, np.int64)))
+        return self._attacks[method](**args)["adversarial_images"].numpy()
 
     def warm_up(self) -> None:
-        """Traces every attack once so that the first request is not slow."""
+        """Runs every attack once so that the first request is not slow."""
         x = np.full((1, *self.shape), 0.5, np.float32)
         for method in ATTACKS:
             self.attack(x, np.zeros(1, np.int32), method, 0.01, 1)

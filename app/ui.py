@@ -108,7 +108,8 @@ def robustness_markdown(bundles: Sequence[Bundle], roles: Sequence[str]) -> str:
     rows = [card_robustness(b.card) for b in bundles]
     if not any(rows):
         return ("_The model cards hold no evaluation results (the export found no `results.json`): "
-                "the curve below is measured on the bundles' example images._")
+                "the plot shows PGD on the bundles' few example images only, which is not the models' "
+                "robustness: evaluate the model and export it again for real numbers._")
     attacks: list[str] = []
     for r in rows:
         for a in (r or {}).get("robust", {}):
@@ -146,8 +147,14 @@ def robustness_markdown(bundles: Sequence[Bundle], roles: Sequence[str]) -> str:
 
 
 def accuracy_curves(bundles: Sequence[Bundle], max_eps: float) -> list[dict]:
-    """One or two curves per bundle: the card's sweep if it has one; otherwise the card's two points
-    (natural, robust at eps) and a PGD sweep on the bundle's example images, computed now."""
+    """The accuracy-versus-eps curves of the plot, one per bundle with numbers.
+
+    A card with a sweep gives a line, a card with an evaluation but no sweep its two points
+    (natural, robust at eps): the model's robustness on held-out test images. Only a bundle whose
+    card has no evaluation at all gets a curve measured now, PGD-``SWEEP_STEPS`` on its handful of
+    example images, labelled as such (``style="examples"``): a few images say little about a
+    model's robustness and must not stand beside the card's numbers.
+    """
     curves = []
     for index, b in enumerate(bundles):
         r = card_robustness(b.card)
@@ -159,17 +166,19 @@ def accuracy_curves(bundles: Sequence[Bundle], max_eps: float) -> list[dict]:
                 eps, acc = [0.0] + eps, [pts[0][1]] + acc
             curves.append({"model": b.name, "index": index, "epsilons": eps, "accuracy": acc, "style": "line",
                            "source": f"model card sweep, {r['examples']} test images, all attacks"})
-            continue
-        if r and "all" in r["robust"]:
+        elif r and "all" in r["robust"]:
             curves.append({"model": b.name, "index": index, "epsilons": [0.0, r["epsilon"]],
                            "accuracy": [r["natural"], r["robust"]["all"]], "style": "points",
                            "source": f"model card, {r['examples']} test images, all attacks"})
-        grid = [float(e) for e in np.linspace(0.0, max_eps, SWEEP_POINTS)]
-        measured = b.accuracy_curve(grid, steps=SWEEP_STEPS)
-        if measured:
-            curves.append({"model": b.name, "index": index, "epsilons": measured["epsilons"],
-                           "accuracy": measured["accuracy"], "style": "dashed",
-                           "source": f"{measured['attack']} on the {measured['examples']} example images (at start-up)"})
+        else:
+            grid = [float(e) for e in np.linspace(0.0, max_eps, SWEEP_POINTS)]
+            measured = b.accuracy_curve(grid, steps=SWEEP_STEPS)
+            if measured:
+                curves.append({"model": b.name, "index": index, "epsilons": measured["epsilons"],
+                               "accuracy": measured["accuracy"], "style": "examples",
+                               "source": f"NOT the model's robustness: {measured['attack']} on only the "
+                                         f"{measured['examples']} example images of the bundle (no evaluation "
+                                         "in its card)"})
     return curves
 
 
@@ -185,9 +194,10 @@ def accuracy_figure(curves: list[dict], bundles: Sequence[Bundle]):
         label = f"{c['model']}: {c['source']}"
         if c["style"] == "points":
             ax.plot(c["epsilons"], c["accuracy"], "o", color=colour, markersize=8, label=label)
+        elif c["style"] == "examples":  # faint and dotted: a sanity check, not a measurement of robustness
+            ax.plot(c["epsilons"], c["accuracy"], ":", marker="x", color=colour, alpha=0.6, label=label)
         else:
-            ax.plot(c["epsilons"], c["accuracy"], "-" if c["style"] == "line" else "--", marker=".",
-                    color=colour, label=label)
+            ax.plot(c["epsilons"], c["accuracy"], "-", marker=".", color=colour, label=label)
     seen = set()
     for b in bundles:
         if b.epsilon not in seen:
@@ -198,6 +208,10 @@ def accuracy_figure(curves: list[dict], bundles: Sequence[Bundle]):
     norm = bundles[0].norm
     ax.set_xlabel(f"eps ({norm}, pixels in [0, 1])")
     ax.set_ylabel("accuracy")
+    if any(c["style"] == "examples" for c in curves):
+        ax.set_title("x: a few example images only, not the model's robustness", fontsize=8)
+    elif curves:
+        ax.set_title("accuracy on held-out test images (model cards)", fontsize=8)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     if curves:  # below the axes: the curves fill the plot's corners
@@ -347,7 +361,7 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
             f"one is fooled by changes a person barely sees. Models: "
             + ", ".join(f"**{html.escape(b.name)}** ({r})" for b, r in zip(bundles, demo_logic.roles))
             + f", trained on {html.escape(dataset)} ({w}x{h}, {'grayscale' if c == 1 else 'RGB'}). "
-            "Each model is attacked on its own clean prediction (white-box, its exported SavedModel)."
+            "Each model is attacked on its own clean prediction (white-box, by its SavedModel's own attack signatures)."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
@@ -358,8 +372,8 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                     gr.Examples(examples=[[e.path] for e in primary.examples], inputs=[image],
                                 label="Examples from the export bundle", examples_per_page=12, elem_id="examples")
                 attack = gr.Radio(list(ATTACKS), value=DEFAULT_ATTACK, label="Attack", elem_id="attack",
-                                  info="FGSM: one step of size eps. PGD: the bundle's attack signature (steps of eps/4, "
-                                       "random start). CW: PGD on the Carlini-Wagner margin.")
+                                  info="The bundle's own attack signatures. FGSM: one step of size eps. PGD: steps of eps/4 "
+                                       "from a random start. CW: PGD on the Carlini-Wagner margin.")
                 eps = CheckedSlider(minimum=0.0, maximum=demo_logic.max_eps, value=demo_logic.default_eps,
                                     step=demo_logic.eps_step, label=f"eps ({primary.norm}, pixels in [0, 1])", what="eps",
                                     info=f"threat model: {_eps_text(primary.epsilon, primary.norm, c)}",
@@ -370,8 +384,10 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                                      if c == 1 else "invert the image", elem_id="invert")
                 run = gr.Button("Run attack", variant="primary", elem_id="run")
             with gr.Column(scale=3):
+                # Every output has a label: gradio_client names the /attack endpoint's outputs after
+                # them (robust_student_adversarial_image, ...); unlabelled ones would be value_13.
                 status = gr.Markdown("Pick an example or upload an image, then press **Run attack**.",
-                                     elem_id="status")
+                                     label="status", elem_id="status")
                 outputs: list[Any] = [status]
                 with gr.Row(equal_height=False):
                     for i, (b, role) in enumerate(zip(bundles, demo_logic.roles)):
@@ -381,17 +397,18 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                             with gr.Row():
                                 shown = dict(interactive=False, height=DISPLAY_SIZE, format="png", min_width=90,
                                              buttons=[], elem_classes=["shown-image"])
-                                clean_img = gr.Image(label=f"clean {b.shape[1]}x{b.shape[0]}", elem_id=f"clean-{i}",
-                                                     **shown)
-                                adv_img = gr.Image(label="adversarial", elem_id=f"adversarial-{i}", **shown)
-                                pert_img = gr.Image(label="perturbation", elem_id=f"perturbation-{i}", **shown)
+                                clean_img = gr.Image(label=f"{role}: clean image", elem_id=f"clean-{i}", **shown)
+                                adv_img = gr.Image(label=f"{role}: adversarial image", elem_id=f"adversarial-{i}",
+                                                   **shown)
+                                pert_img = gr.Image(label=f"{role}: perturbation", elem_id=f"perturbation-{i}",
+                                                    **shown)
                             with gr.Row():
-                                clean_label = gr.Label(num_top_classes=5, label="clean prediction (top 5)",
+                                clean_label = gr.Label(num_top_classes=5, label=f"{role}: clean prediction",
                                                        elem_id=f"clean-label-{i}")
-                                adv_label = gr.Label(num_top_classes=5, label="adversarial prediction (top 5)",
+                                adv_label = gr.Label(num_top_classes=5, label=f"{role}: adversarial prediction",
                                                      elem_id=f"adversarial-label-{i}")
-                            verdict = gr.Markdown(elem_id=f"verdict-{i}")
-                            onnx_md = gr.Markdown(elem_id=f"onnx-{i}")
+                            verdict = gr.Markdown(label=f"{role}: verdict", elem_id=f"verdict-{i}")
+                            onnx_md = gr.Markdown(label=f"{role}: onnx check", elem_id=f"onnx-{i}")
                             outputs += [clean_img, clean_label, adv_img, pert_img, adv_label, verdict, onnx_md]
         with gr.Row():
             with gr.Column():
@@ -399,8 +416,12 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                             elem_id="robustness")
             with gr.Column():
                 gr.Plot(figure, label="accuracy versus eps", elem_id="accuracy-plot")
+                if any(c["style"] == "examples" for c in curves):
+                    gr.Markdown("_The dotted curve is PGD on the bundle's few example images, computed at "
+                                "start-up because the card has no evaluation: a sanity check of the demo, "
+                                "not the model's robustness._", elem_id="plot-note")
         with gr.Accordion("Result as JSON (the /attack API's last output)", open=False):
-            summary = gr.JSON(elem_id="summary")
+            summary = gr.JSON(label="summary", elem_id="summary")
         outputs.append(summary)
 
         # Outputs in the layout's order: status, 7 per model, the JSON summary.

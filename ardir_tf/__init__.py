@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
 
 # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512; on a 2-core AVX2
 # CPU they made a ResNet-18 PGD-AT training step 1.6-1.8x and a small_cnn step 1.2-1.4x faster than the
@@ -17,6 +18,15 @@ import platform
 # set TF_ENABLE_ONEDNN_OPTS=0 to keep TensorFlow's default.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+# `python -m ardir_tf.train` (or another of the project's tools) starts without TensorFlow's
+# start-up log unless --verbose is given; importing ardir_tf from Python code changes nothing.
+if getattr(sys, "orig_argv", None):
+    from ardir_tf import cli as _cli
+
+    _tool = _cli.started_tool(sys.orig_argv)
+    if _tool is not None:
+        _cli.quiet_start(_tool[1])
 
 __version__ = "0.1.0"
 

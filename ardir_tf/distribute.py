@@ -224,7 +224,8 @@ def custom_fit(
         initial_epoch: first epoch (resuming).
         steps_per_epoch: steps per epoch; ``None`` runs each epoch until ``dataset`` ends.
         validation_data: ``tf.data.Dataset`` of batches evaluated after every epoch.
-        callbacks: ``keras.callbacks.Callback`` instances.
+        callbacks: ``keras.callbacks.Callback`` instances, run as given (``AdversarialTrainer.fit``
+            adds the trainer's own before it calls this loop).
         verbose: 0, 1 or 2 as in ``fit``.
         shuffle: ignored, as by ``fit`` for a dataset (shuffle in the pipeline).
 
@@ -235,8 +236,6 @@ def custom_fit(
         ValueError: for ``fit`` arguments this loop does not take (``y``, ``batch_size``,
             ``validation_split``, ...): pass a ``tf.data.Dataset`` of global batches instead.
     """
-    from ardir_tf.methods.base import AdversarialTrainer, _EpochSync
-
     strategy = trainer.distribute_strategy
     given = sorted(name for name, value in unsupported.items() if value is not None)
     if given or not isinstance(dataset, tf.data.Dataset):
@@ -244,8 +243,6 @@ def custom_fit(
         raise ValueError(f"under {type(strategy).__name__} training runs ardir_tf.distribute.custom_fit, which takes "
                          f"a tf.data.Dataset of (images, labels) global batches and {what}")
     callbacks = list(callbacks or [])
-    if isinstance(trainer, AdversarialTrainer) and not any(isinstance(c, _EpochSync) for c in callbacks):
-        callbacks.append(_EpochSync())
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose, epochs=epochs,
         steps=steps_per_epoch, model=trainer,

@@ -9,16 +9,19 @@ attack, the evaluation protocol's robust accuracy), ``per_class`` (a list, one e
 ``class``, ``name``, ``examples``, ``natural_accuracy``, ``robust_accuracy`` under all attacks),
 ``worst_class`` (the entry with the lowest robust accuracy), ``attacks`` (attack name -> its
 settings and seconds), ``warnings`` (a list of one-line signs of gradient masking, see
-:func:`ardir_tf.report.masking_warnings`), ``schema_version``.
+:func:`ardir_tf.report.masking_warnings`), ``schema_version``; from the CLI also ``model_file``.
 
 Attacks (:data:`ATTACKS`): ``fgsm``, ``pgd20``, ``cw`` (PGD on the CW margin) and the AutoAttack
-family written in TensorFlow (:mod:`ardir_tf.attacks.autoattack`): ``autoattack`` (the standard
-ensemble: APGD-CE, APGD-T, FAB-T, Square; an example is robust only if it survives all four) and
-its members alone: ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``. For ``autoattack``,
-``robust_accuracy`` also holds ``autoattack/<member>``: the accuracy after each member
-(cumulative), and ``attacks["autoattack"]["members"]`` each member's seconds. With
-``masking_check`` (on by default when ``autoattack`` runs) the result also holds
-``masking_check``: PGD's accuracy at a radius where it must be ~0.
+family written in TensorFlow (:mod:`ardir_tf.attacks.autoattack`): ``autoattack`` (the "standard"
+ensemble: APGD-CE, APGD-T, FAB-T, Square; an example is robust only if it survives all four),
+``autoattack_plus`` (the "plus" budget: APGD-CE and APGD-DLR, FAB, Square and FAB-T with 5
+restarts, APGD-T), ``autoattack_rand`` (APGD-CE and APGD-DLR with gradients averaged over 20 model
+calls, for randomised models) and the members alone: ``apgd-ce``, ``apgd-t``, ``fab-t``,
+``square``. For an ensemble ``robust_accuracy`` also holds ``<name>/<member>``: the accuracy after
+each member (cumulative); ``attacks[<name>]`` records the ``version`` that produced the number
+(``standard``, ``plus``, ``rand``; ``custom`` for a lone member), the budget and each member's
+seconds. With ``masking_check`` (on by default when an AutoAttack ensemble runs) the result also
+holds ``masking_check``: PGD's accuracy at a radius where it must be ~0.
 
 A sweep over radii (:func:`evaluate_sweep`, CLI ``--epsilons``) adds ``sweep``: one entry per
 radius with ``epsilon``, ``natural_accuracy``, ``robust_accuracy`` and ``per_class``.
@@ -33,7 +36,6 @@ CLI::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from typing import Callable, Optional, Sequence, Union
@@ -42,8 +44,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf import report
 from ardir_tf.attacks.objectives import cw as cw_objective
 from ardir_tf.attacks.pgd import pgd
+from ardir_tf.io import load_model_file, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -66,30 +70,41 @@ class AttackSpec:
 
 @dataclasses.dataclass(frozen=True)
 class AutoAttackSpec:
-    """A named attack of the AutoAttack family: ``members`` run in order, each on the examples that
-    survived the previous ones (:class:`ardir_tf.attacks.autoattack.AutoAttack`)."""
+    """A named attack of the AutoAttack family: the ``version``'s members (or ``members``) run in
+    order, each on the examples that survived the previous ones
+    (:class:`ardir_tf.attacks.autoattack.AutoAttack`)."""
 
     name: str
-    members: tuple
+    version: str = "standard"
+    members: Optional[tuple] = None
 
-    def settings(self) -> dict:
+    def build(self, model, **kwargs):
         from ardir_tf.attacks.autoattack import AutoAttack
 
-        return AutoAttack(None, attacks=self.members).settings()
+        return AutoAttack(model, version=self.version, attacks=self.members, **kwargs)
+
+    def settings(self) -> dict:
+        return self.build(None).settings()
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.members is None
 
 
-#: The protocol's attacks (shared/method.md): FGSM; PGD-20 (uniform start, eta = eps/4);
+#: The protocol's attacks (docs/methods.md): FGSM; PGD-20 (uniform start, eta = eps/4);
 #: CW-inf = PGD on the margin loss with kappa 50, 30 steps (uniform start, eta = eps/4);
-#: AutoAttack "standard" and its members alone.
+#: AutoAttack "standard", "plus" and "rand", and the members alone.
 ATTACKS: dict[str, Union[AttackSpec, AutoAttackSpec]] = {
     "fgsm": AttackSpec("fgsm", 1, 1.0, "none"),
     "pgd20": AttackSpec("pgd20", 20, 0.25, "uniform"),
     "cw": AttackSpec("cw", 30, 0.25, "uniform", cw_objective),
-    "autoattack": AutoAttackSpec("autoattack", ("apgd-ce", "apgd-t", "fab-t", "square")),
-    "apgd-ce": AutoAttackSpec("apgd-ce", ("apgd-ce",)),
-    "apgd-t": AutoAttackSpec("apgd-t", ("apgd-t",)),
-    "fab-t": AutoAttackSpec("fab-t", ("fab-t",)),
-    "square": AutoAttackSpec("square", ("square",)),
+    "autoattack": AutoAttackSpec("autoattack", "standard"),
+    "autoattack_plus": AutoAttackSpec("autoattack_plus", "plus"),
+    "autoattack_rand": AutoAttackSpec("autoattack_rand", "rand"),
+    "apgd-ce": AutoAttackSpec("apgd-ce", members=("apgd-ce",)),
+    "apgd-t": AutoAttackSpec("apgd-t", members=("apgd-t",)),
+    "fab-t": AutoAttackSpec("fab-t", members=("fab-t",)),
+    "square": AutoAttackSpec("square", members=("square",)),
 }
 DEFAULT_ATTACKS = ("fgsm", "pgd20", "cw")
 
@@ -199,7 +214,7 @@ def evaluate(
         y: ``[N]`` int labels.
         epsilon: radius of the threat model (L-inf: pixel units of [0, 1]).
         attacks: names in :data:`ATTACKS` (``fgsm``, ``pgd20``, ``cw``, ``autoattack``,
-            ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``).
+            ``autoattack_plus``, ``autoattack_rand``, ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``).
         norm: ``"linf"`` or ``"l2"``.
         batch_size: examples per attack batch.
         dataset: name recorded in the result.
@@ -207,7 +222,7 @@ def evaluate(
         seed: seed of the attacks' random starts.
         verbose: 1 shows a progress bar per attack (per member for AutoAttack).
         masking_check: also run PGD at a radius where accuracy must reach ~0
-            (:func:`masking_check_epsilon`); ``None``: only when ``autoattack`` is run.
+            (:func:`masking_check_epsilon`); ``None``: only when an AutoAttack ensemble is run.
 
     Returns:
         The results dict described in this module's docstring.
@@ -234,8 +249,6 @@ def _check_inputs(attacks, epsilon, norm, x, y):
 
 def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class_names, seed, verbose,
               masking_check, cache) -> dict:
-    from ardir_tf import report
-    from ardir_tf.attacks.autoattack import AutoAttack
 
     attacks = list(dict.fromkeys(attacks))
     x, y = _check_inputs(attacks, epsilon, norm, x, y)
@@ -265,15 +278,16 @@ def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class
             correct[name] = _batched_predictions(fn, x, y, batch_size, progress(name)) == y
             timings[name] = {**spec.settings(), "seconds": round(time.perf_counter() - start, 3)}
             continue
-        key = ("autoattack", norm, spec.members, batch_size, seed)
+        key = ("autoattack", norm, spec.version, spec.members, batch_size, seed)
         if key not in cache:
-            cache[key] = AutoAttack(model, norm=norm, attacks=spec.members, batch_size=batch_size, seed=seed)
+            cache[key] = spec.build(model, norm=norm, batch_size=batch_size, seed=seed)
         result = cache[key].run(x, y, epsilon, progress=_AutoAttackProgress(name, verbose))
         correct[name] = result.robust
         timings[name] = {**cache[key].settings(), "seconds": round(time.perf_counter() - start, 3),
                          "members": {r.name: {"robust_accuracy": r.robust_accuracy, "seconds": r.seconds,
-                                              "attacked": r.attacked, "broken": r.broken} for r in result.records}}
-        if len(spec.members) > 1:
+                                              "attacked": r.attacked, "broken": r.broken, "restarts": r.restarts}
+                                          for r in result.records}}
+        if spec.is_ensemble:
             member_accuracy[name] = {f"{name}/{r.name}": r.robust_accuracy for r in result.records}
 
     robust_all = np.logical_and.reduce([correct[a] for a in ("natural", *attacks)])
@@ -297,7 +311,8 @@ def _evaluate(model, x, y, *, epsilon, attacks, norm, batch_size, dataset, class
         "worst_class": min(present, key=lambda e: e["robust_accuracy"]) if present else None,
         "attacks": timings,
     }
-    if masking_check or (masking_check is None and "autoattack" in attacks):
+    ensembles = [a for a in attacks if isinstance(ATTACKS[a], AutoAttackSpec) and ATTACKS[a].is_ensemble]
+    if masking_check or (masking_check is None and ensembles):
         big = masking_check_epsilon(norm, x.shape[1:])
         start = time.perf_counter()
         fn = _pgd_fn(model, big, norm, MASKING_CHECK_STEPS, 0.1, "uniform", "ce", cache, ("pgd", "check", norm))
@@ -338,7 +353,6 @@ def evaluate_sweep(
     in increasing order. ``kwargs`` are those of :func:`evaluate`; the compiled attacks are shared
     across radii. The warnings also look at the sweep (accuracy rising with eps, not ~0 at the end).
     """
-    from ardir_tf import report
 
     radii = sorted({float(e) for e in epsilons} | ({float(epsilon)} if epsilon is not None else set()))
     if not radii:
@@ -367,31 +381,44 @@ def evaluate_sweep(
     return main
 
 
-def write_json(results: dict, path: str) -> None:
-    """Writes ``results`` atomically (a temporary file renamed into place)."""
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+#: Widest line of :func:`format_table`: a terminal of 100 columns shows the table unwrapped.
+TABLE_WIDTH = 100
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """A small text table ``name | natural | attack... | all`` from results dicts."""
+def format_table(rows: dict[str, dict], width: int = TABLE_WIDTH) -> str:
+    """A text table ``name | natural | attack... | all`` (accuracy %) from results dicts, for the terminal.
+
+    AutoAttack's members (``autoattack/apgd-ce``, ...) are left out: they stay in the results JSON
+    and the report. Columns that would make a line wider than ``width`` characters continue in a
+    further block (each block starts with the model names), so no line exceeds ``width`` unless a
+    single column does.
+    """
     attacks = []
     for r in rows.values():
-        attacks += [a for a in r["robust_accuracy"] if a not in attacks]
+        attacks += [a for a in r["robust_accuracy"] if a not in attacks and "/" not in a]
     header = ["model", "natural"] + attacks
     lines = [header] + [[name, f"{100 * r['natural_accuracy']:.1f}"] +
                         [f"{100 * r['robust_accuracy'][a]:.1f}" if a in r["robust_accuracy"] else "-" for a in attacks]
                         for name, r in rows.items()]
     widths = [max(len(l[i]) for l in lines) for i in range(len(header))]
-    out = [" | ".join(v.ljust(w) for v, w in zip(l, widths)) for l in lines]
-    out.insert(1, "-+-".join("-" * w for w in widths))
+    blocks, current = [], []
+    for i in range(1, len(header)):  # column 0 (the model) starts every block
+        if current and sum(widths[c] + 3 for c in [0, *current, i]) - 3 > width:
+            blocks.append(current)
+            current = []
+        current.append(i)
+    blocks.append(current)
+    out = []
+    for block in blocks:
+        cols = [0, *block]
+        table = [" | ".join(l[c].ljust(widths[c]) for c in cols).rstrip() for l in lines]
+        table.insert(1, "-+-".join("-" * widths[c] for c in cols))
+        out += ([""] if out else []) + table
     eps = next(iter(rows.values()))
-    return f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}\n" + "\n".join(out)
+    title = f"accuracy (%) on {eps['examples']} held-out examples, {eps['norm']} eps={eps['epsilon']:g}"
+    if any("/" in a for r in rows.values() for a in r["robust_accuracy"]):
+        out.append("(AutoAttack's members: in the results JSON and the report)")
+    return title + "\n" + "\n".join(out)
 
 
 def _define_flags() -> None:
@@ -402,7 +429,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
     flags.DEFINE_float("epsilon", 0.3, "Radius of the threat model.")
     flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Norm of the threat model.")
-    flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS), f"Attacks, any of {', '.join(ATTACKS)}.")
+    flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS), f"Attacks, any of {', '.join(ATTACKS)} (autoattack: the "
+                      "standard version; autoattack_plus: the stronger, slower one; autoattack_rand: for "
+                      "randomised models).")
     flags.DEFINE_integer("examples", 1000, "Held-out examples to evaluate (the first N of the test split).")
     flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
     flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
@@ -411,7 +440,7 @@ def _define_flags() -> None:
                       "the results gain 'sweep' and the report a robust-accuracy-vs-eps plot.")
     flags.DEFINE_string("report_dir", None, "Write results.json, report.md and PNG plots into this directory.")
     flags.DEFINE_enum("masking_check", "auto", ["auto", "on", "off"],
-                      "Run PGD at a radius where accuracy must be ~0 (auto: when autoattack runs).")
+                      "Run PGD at a radius where accuracy must be ~0 (auto: when an AutoAttack ensemble runs).")
     flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
 
 
@@ -428,8 +457,7 @@ def _parse_epsilons(values: Sequence[str]) -> list[float]:
 def main(argv) -> None:
     from absl import flags
 
-    from ardir_tf import data, report
-    from ardir_tf.train import load_model_file
+    from ardir_tf import data
 
     FLAGS = flags.FLAGS
     epsilons = _parse_epsilons(FLAGS.epsilons)
@@ -446,11 +474,13 @@ def main(argv) -> None:
         results = evaluate_sweep(model, x, y, epsilons=epsilons, epsilon=FLAGS.epsilon, **kwargs)
     else:
         results = evaluate(model, x, y, epsilon=FLAGS.epsilon, **kwargs)
+    results["model_file"] = FLAGS.model
+    results["warnings"] = report.masking_warnings(results)  # again, now naming the model file in its commands
     print(format_table({model.name: results}))
     for warning in results.get("warnings", []):
         print(f"WARNING: {warning}")
     if FLAGS.output:
-        write_json(results, FLAGS.output)
+        write_json_atomic(FLAGS.output, results)
         print(f"wrote {FLAGS.output}")
     if FLAGS.report_dir:
         paths = report.write_report(results, FLAGS.report_dir)

@@ -1,10 +1,11 @@
 """Losses shared by every method and attack: KL with a documented reduction, CE, IR distances.
 
 Every function takes logits (never probabilities), computes in float32 whatever the compute
-dtype of the model (mixed precision), and states its reduction. Conventions of
-``shared/method.md``: ``KL(P || Q) = sum_c P (log P - log Q)``; ``"batchmean"`` averages that sum
-over the batch; ``"elementmean"`` averages over ``B * C`` elements (PyTorch's default
-``KLDivLoss`` reduction used by the ARD/IAD reference code), which is ``C`` times smaller.
+dtype of the model (mixed precision), and states its reduction (docs/methods.md):
+``KL(P || Q) = sum_c P (log P - log Q)``; ``"batchmean"`` averages that sum over the batch;
+``"elementmean"`` averages over ``B * C`` elements (PyTorch's default ``KLDivLoss`` reduction,
+used by the ARD, IAD and RSLAD reference code), which is ``C`` times smaller. The reduction is an
+argument of the KL functions here and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,22 +21,32 @@ def _f32(t: tf.Tensor) -> tf.Tensor:
     return tf.cast(t, tf.float32)
 
 
-def kl_per_example(target_logits: tf.Tensor, logits: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
-    """``KL(softmax(target/t) || softmax(logits/t))`` for each example.
+def kl_per_example(
+    target_logits: tf.Tensor, logits: tf.Tensor, temperature: float = 1.0, reduction: str = "batchmean"
+) -> tf.Tensor:
+    """``KL(softmax(target/t) || softmax(logits/t))`` for each example, at the scale of ``reduction``.
 
     Args:
         target_logits: ``[B, C]`` logits of the target distribution P.
         logits: ``[B, C]`` logits of Q (the distribution being trained or attacked).
         temperature: softmax temperature ``t`` (> 0), applied to both.
+        reduction: ``"batchmean"`` or ``"none"``: summed over classes; ``"elementmean"``: averaged
+            over them. The batch mean of these values is :func:`kl_divergence` under ``reduction``,
+            so a weighted mean over examples (IAD's trust weights) or a per-example attack objective
+            (ARDIR's) keeps the scale of the reduction its method uses.
 
     Returns:
-        ``[B]`` non-negative float32 divergences (summed over classes).
+        ``[B]`` non-negative float32 divergences.
     """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"unknown KL reduction {reduction!r}; use one of {KL_REDUCTIONS}")
     dtype = _kl_dtype()
     t = tf.constant(float(temperature), dtype)
     log_p = tf.nn.log_softmax(tf.cast(target_logits, dtype) / t, axis=-1)
     log_q = tf.nn.log_softmax(tf.cast(logits, dtype) / t, axis=-1)
-    return tf.cast(tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1), tf.float32)
+    elementwise = tf.exp(log_p) * (log_p - log_q)
+    reduce = tf.reduce_mean if reduction == "elementmean" else tf.reduce_sum
+    return tf.cast(reduce(elementwise, axis=-1), tf.float32)
 
 
 def _kl_dtype() -> tf.DType:
@@ -54,20 +65,15 @@ def kl_divergence(
     temperature: float = 1.0,
     reduction: str = "batchmean",
 ) -> tf.Tensor:
-    """``KL(P || Q)`` reduced as ``reduction`` (``batchmean``, ``elementmean`` or ``none``).
+    """``KL(P || Q)`` reduced as ``reduction``.
 
-    ``elementmean`` equals ``batchmean / C``: use it only to reproduce a reference that used
-    PyTorch's element-averaged ``KLDivLoss``.
+    ``batchmean``: summed over classes, averaged over the batch (the KL of the papers);
+    ``elementmean``: averaged over all ``B*C`` elements (PyTorch's default ``KLDivLoss``, the
+    scale of the ARD, IAD and RSLAD reference code), ``C`` times smaller; ``none``: the ``[B]``
+    per-example sums. Scalar float32 otherwise.
     """
-    per_example = kl_per_example(target_logits, logits, temperature)
-    if reduction == "none":
-        return per_example
-    if reduction == "batchmean":
-        return tf.reduce_mean(per_example)
-    if reduction == "elementmean":
-        num_classes = tf.cast(tf.shape(logits)[-1], tf.float32)
-        return tf.reduce_mean(per_example) / num_classes
-    raise ValueError(f"unknown KL reduction {reduction!r}; use one of {KL_REDUCTIONS}")
+    per_example = kl_per_example(target_logits, logits, temperature, reduction)
+    return per_example if reduction == "none" else tf.reduce_mean(per_example)
 
 
 def cross_entropy_per_example(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:

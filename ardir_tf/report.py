@@ -14,12 +14,34 @@ import json
 import os
 from typing import Optional, Sequence
 
+from ardir_tf.io import write_json_atomic, write_text_atomic
+
 #: accuracy differences smaller than this (half a point) are not reported as warnings
 TOLERANCE = 0.005
 #: accuracy above this at the masking check's radius (or the sweep's largest radius when it is at
 #: least as large) counts as "not reaching ~0"
 MAX_ACCURACY_AT_LARGE_EPS = 0.05
 WHITE_BOX = ("fgsm", "pgd20", "cw", "apgd-ce", "apgd-t", "fab-t")
+
+
+def command(results: dict, attacks: str) -> str:
+    """The ``ardir_tf.evaluate`` command that re-runs ``results``' evaluation with ``attacks``."""
+    parts = ["python -m ardir_tf.evaluate", f"--model={results.get('model_file') or 'MODEL.keras'}"]
+    if results.get("dataset"):
+        parts.append(f"--dataset={results['dataset']}")
+    parts += [f"--norm={results.get('norm', 'linf')}", f"--epsilon={results.get('epsilon', 0.3):g}",
+              f"--examples={results.get('examples', 1000)}", f"--attacks={attacks}"]
+    return " ".join(parts)
+
+
+def next_step(results: dict, version: Optional[str]) -> str:
+    """What to run after an AutoAttack ``version`` that the warnings do not trust."""
+    if version in ("plus", "rand"):
+        return (f"this was already the {version} version: look for masking (FGSM vs PGD, the masking check, a sweep "
+                "over eps) and report the number as an upper bound")
+    if "autoattack_plus" in results.get("attacks", {}):
+        return "the plus version ran too: trust autoattack_plus (and 'all') rather than this number"
+    return f"run the stronger plus version next: {command(results, 'autoattack_plus')}"
 
 
 def _pct(v: Optional[float]) -> str:
@@ -36,7 +58,9 @@ def masking_warnings(results: dict) -> list[str]:
 
     * FGSM (one step) stronger than a multi-step white-box attack (PGD-20, CW, APGD-CE);
     * the black-box Square attack beating the white-box attacks: alone, below every white-box
-      attack run; inside AutoAttack, breaking examples that survived APGD-CE, APGD-T and FAB-T;
+      attack run; inside an AutoAttack ensemble, breaking examples that survived the white-box
+      members before it (the warning then names the next command: the "plus" version after
+      "standard");
     * accuracy not reaching ~0 at a large radius (the masking check, or the sweep's largest radius
       when it is at least that large), or rising with the radius in a sweep.
 
@@ -53,14 +77,20 @@ def masking_warnings(results: dict) -> list[str]:
     if "square" in ra and white and ra["square"] < min(white.values()) - TOLERANCE:
         best = min(white, key=white.get)
         out.append(f"the black-box Square attack ({_pct(ra['square'])}%) beats every white-box attack "
-                   f"(best: {best}, {_pct(white[best])}%): gradients are probably masked")
-    members = results.get("attacks", {}).get("autoattack", {}).get("members", {})
+                   f"(best: {best}, {_pct(white[best])}%): gradients are probably masked; "
+                   f"{next_step(results, None)}")
     examples = results.get("examples") or 0
-    if "square" in members and examples:
+    for name, info in results.get("attacks", {}).items():
+        members = info.get("members") or {}
+        if "square" not in members or name == "square" or not examples:  # Square alone: see above
+            continue
         extra = members["square"]["broken"] / examples
         if extra > TOLERANCE:
-            out.append(f"inside AutoAttack, the black-box Square attack broke {_pct(extra)}% of the examples that "
-                       "survived the white-box attacks (APGD-CE, APGD-T, FAB-T): gradients are probably masked")
+            before = list(members)[:list(members).index("square")]
+            out.append(f"inside AutoAttack ({name}), the black-box Square attack broke {_pct(extra)}% of the examples "
+                       "that survived the white-box attacks before it" + (f" ({', '.join(before)})" if before else "")
+                       + ": gradients are probably masked or the white-box budget is too small; "
+                       + next_step(results, info.get("version")))
     check = results.get("masking_check")
     if check and check["robust_accuracy"] > MAX_ACCURACY_AT_LARGE_EPS:
         out.append(f"PGD-50 at eps={check['epsilon']:g} (where every image can be turned into the same gray image) "
@@ -105,11 +135,13 @@ def markdown(results: dict, images: Sequence[str] = ()) -> str:
     for key in _attack_keys(ra):
         members = attacks.get(key, {}).get("members")
         if members and len(members) > 1:
-            lines += ["", f"### {key}: accuracy after each member (cumulative)", "",
-                      "| member | accuracy after it (%) | attacked | broken | seconds |", "|---|---:|---:|---:|---:|"]
+            version = attacks.get(key, {}).get("version", "-")
+            lines += ["", f"### {key} (version: {version}): accuracy after each member (cumulative)", "",
+                      "| member | restarts | accuracy after it (%) | attacked | broken | seconds |",
+                      "|---|---:|---:|---:|---:|---:|"]
             for name, m in members.items():
-                lines.append(f"| {name} | {_pct(m['robust_accuracy'])} | {m['attacked']} | {m['broken']} | "
-                             f"{m['seconds']} |")
+                lines.append(f"| {name} | {m.get('restarts', 1)} | {_pct(m['robust_accuracy'])} | {m['attacked']} | "
+                             f"{m['broken']} | {m['seconds']} |")
     check = results.get("masking_check")
     if check:
         lines += ["", f"Masking check: {check['attack']} at eps = {check['epsilon']:g} leaves "
@@ -197,11 +229,9 @@ def plot_per_class(results: dict, path: str) -> str:
 
 def write_report(results: dict, directory: str) -> dict[str, str]:
     """Writes ``results.json``, the plots and ``report.md`` into ``directory``; returns name -> path."""
-    from ardir_tf.evaluate import write_json
-
     os.makedirs(directory, exist_ok=True)
     paths = {"results.json": os.path.join(directory, "results.json")}
-    write_json(results, paths["results.json"])
+    write_json_atomic(paths["results.json"], results)
     images = []
     if results.get("sweep") and len(results["sweep"]) > 1:
         paths["robust_vs_eps.png"] = plot_robust_vs_eps(results, os.path.join(directory, "robust_vs_eps.png"))
@@ -210,10 +240,7 @@ def write_report(results: dict, directory: str) -> dict[str, str]:
         paths["per_class.png"] = plot_per_class(results, os.path.join(directory, "per_class.png"))
         images.append("per_class.png")
     paths["report.md"] = os.path.join(directory, "report.md")
-    tmp = paths["report.md"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(markdown(results, images))
-    os.replace(tmp, paths["report.md"])
+    write_text_atomic(paths["report.md"], markdown(results, images))
     return paths
 
 

@@ -2,8 +2,8 @@
 
 With no flags it is the quick start: on the offline ``mnist5k`` digits it trains a PGD-AT
 ``small_cnn`` teacher (or reuses the one already in ``WORKDIR/teacher``), distils an ARDIR
-student from it, evaluates both on the 1,000 held-out digits and prints natural / PGD-20 / CW
-accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
+student from it, evaluates both on the 1,000 held-out digits and prints natural / FGSM / PGD-20 /
+CW accuracy. ``--flagfile=cifar.flags`` (a bare name) uses a flagfile shipped with the package.
 
 A workdir receives ``model.keras`` (the trained network alone, loadable without this library's
 training code), ``history.csv``, TensorBoard logs in ``logs/``, ``results.json`` (the schema of
@@ -26,7 +26,8 @@ import keras
 import tensorflow as tf
 from absl import flags
 
-from ardir_tf import data, distribute, evaluate as evaluate_lib, hardware, methods, models
+from ardir_tf import cli, data, distribute, evaluate as evaluate_lib, hardware, methods, models
+from ardir_tf.io import load_model_file, write_json_atomic
 
 FLAGS = flags.FLAGS
 SETTINGS_FILE = "settings.json"
@@ -66,9 +67,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     D.DEFINE_float("weight_decay", 0.0, "Weight decay coefficient.")
     D.DEFINE_enum("weight_decay_mode", "l2", ["l2", "decoupled"], "l2: PyTorch-SGD-style coupled decay (gradient "
                   "wd*w, the references'); decoupled: the optimizer's own weight_decay.")
-    D.DEFINE_float("epsilon", None, "Attack radius (default: 0.3 for MNIST-like data, 8/255 otherwise).")
+    cli.define_fraction("epsilon", None, "Attack radius, a number or a fraction such as 8/255 (default: 0.3 for "
+                        "MNIST-like data, 8/255 otherwise).", flag_values)
     D.DEFINE_integer("attack_steps", 10, "PGD steps K of the training attack.")
-    D.DEFINE_float("attack_step_size", None, "PGD step size (default: 0.03 for MNIST-like data, 2/255 otherwise).")
+    cli.define_fraction("attack_step_size", None, "PGD step size, a number or a fraction such as 2/255 (default: "
+                        "0.03 for MNIST-like data, 2/255 otherwise).", flag_values)
     D.DEFINE_float("epsilon_warmup_epochs", None, "Ramp the training attack's epsilon linearly from 0 over this many "
                    "epochs (default: half the epochs, at most 2, for MNIST-like data; 0 otherwise).")
     D.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model norm.")
@@ -78,10 +81,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     D.DEFINE_float("trades_beta", 6.0, "TRADES beta.")
     D.DEFINE_float("temperature", None, "Distillation temperature (default: the method's reference: ARD 30, IAD 1).")
     D.DEFINE_float("alpha", 1.0, "Weight of the distillation term (1 - alpha weighs CE(S(x), y)).")
-    D.DEFINE_enum("kl_reduction", None, ["batchmean", "elementmean"], "KL reduction (default: the method's reference).")
-    D.DEFINE_float("rslad_adversarial_weight", 5 / 6, "RSLAD weight of the adversarial KL term.")
-    D.DEFINE_float("iad_beta", 0.1, "IAD trust exponent.")
-    D.DEFINE_integer("iad_begin", 60, "IAD first introspective epoch (0-based).")
+    D.DEFINE_enum("kl_reduction", None, ["batchmean", "elementmean"], "KL reduction of ARD, IAD, RSLAD and ARDIR "
+                  "(default: the method's reference, elementmean for all four).")
+    cli.define_fraction("rslad_adversarial_weight", 5 / 6, "RSLAD weight of the adversarial KL term (a number or a "
+                        "fraction such as 5/6).", flag_values)
+    D.DEFINE_float("iad_beta", 0.1, "IAD trust exponent (also ARDIR with --ardir_base=iad).")
+    D.DEFINE_integer("iad_begin", 60, "IAD first introspective epoch, 0-based (also ARDIR with --ardir_base=iad).")
     D.DEFINE_list("ir_layers", [], "ARDIR layer pairs 'student:teacher' (or a name on both sides); default: the last "
                   "convolutional stage of each.")
     D.DEFINE_list("ir_weights", [], "ARDIR weight per layer pair (default 1 each).")
@@ -128,23 +133,55 @@ def settings_from_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]
     return {name: flag_values[name].value for name in _FLAG_NAMES}
 
 
+#: settings only a distillation method reads (the last three only to train its teacher)
+TEACHER_SETTINGS = ("teacher", "teacher_method", "teacher_model", "teacher_epochs")
+
+
+def settings_used(values: dict[str, Any]) -> set[str]:
+    """Names of the settings that a run of ``values["method"]`` reads.
+
+    Every method reads the shared ones (data, model, optimizer, evaluation, attack radius); of the
+    methods' own settings (``AdversarialTrainer.SETTINGS``) only its own; the training attack's
+    start and BN mode only if it trains on adversarial examples; the teacher settings only a
+    distillation method, and those that train a teacher (with the teacher method's settings) only
+    when ``teacher`` is empty.
+    """
+    own = set().union(*(cls.SETTINGS for cls in methods.METHODS.values()))
+    attack_only = set(methods.AdversarialTrainer.TRAINING_ATTACK_SETTINGS)
+    used = set(_FLAG_NAMES) - own - attack_only - set(TEACHER_SETTINGS)
+
+    def add(cls):
+        used.update(cls.settings_for(values))
+        if cls.adversarial:
+            used.update(attack_only)
+
+    add(methods.get(values["method"]))
+    if values["method"] in methods.DISTILLATION_METHODS:
+        used.add("teacher")
+        if not values.get("teacher"):
+            used.update(TEACHER_SETTINGS)
+            add(methods.get(values["teacher_method"]))
+    return used
+
+
+def check_settings_used(values: dict[str, Any], explicit: list[str]) -> None:
+    """Raises a one-line ``ValueError`` naming the settings in ``explicit`` (set by the user, on
+    the command line or in a flagfile) that the run of ``values`` would ignore."""
+    unused = [name for name in explicit if name not in settings_used(values)]
+    if not unused:
+        return
+    method = values["method"]
+    context = f" with --ardir_base={values.get('ardir_base')}" if method == "ardir" else ""
+    if method in methods.DISTILLATION_METHODS and values.get("teacher"):
+        context += " and a given --teacher" if context else " with a given --teacher"
+    names = ", ".join(f"--{n}" for n in unused)
+    own = ", ".join(f"--{n}" for n in methods.get(method).settings_for(values))
+    own = f"its own settings: {own}" if own else "it has no settings of its own"
+    raise ValueError(f"{names} {'is' if len(unused) == 1 else 'are'} not used by --method={method}{context} "
+                     f"({own}); remove {'it' if len(unused) == 1 else 'them'}")
+
+
 # --------------------------------------------------------------------------------------- helpers
-def load_model_file(path: str, what: str = "model") -> keras.Model:
-    """Loads a ``.keras`` file in safe mode, with a one-line error for a missing or bad file."""
-    if not path or not os.path.isfile(path):
-        raise ValueError(f"{what} file {path!r} does not exist")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        if "safe_mode" in str(err):
-            # Keras' own advice (safe_mode=False) is not an option of this program, and not a safe one.
-            raise ValueError(f"{what} file {path!r} is not a loadable .keras model: it holds Python code (a Lambda "
-                             "layer) that could run arbitrary code, which Keras safe mode refuses; save the model "
-                             "without Lambda layers") from None
-        raise ValueError(f"{what} file {path!r} is not a loadable .keras model ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-
-
 def parse_options(text: str) -> dict[str, Any]:
     """``"depth=28,width=10"`` -> ``{"depth": 28, "width": 10}`` (ints, floats or strings)."""
     out: dict[str, Any] = {}
@@ -181,9 +218,7 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
         (s["batch_size"] >= 1, f"--batch_size must be >= 1, got {s['batch_size']}"),
         (s["learning_rate"] > 0, f"--learning_rate must be positive, got {s['learning_rate']}"),
         (s["weight_decay"] >= 0, f"--weight_decay must be >= 0, got {s['weight_decay']}"),
-        (s["epsilon"] >= 0 and (s["norm"] != "linf" or s["epsilon"] <= 1), f"--epsilon must lie in [0, 1], got {s['epsilon']}"),
         (s["attack_steps"] >= 1, f"--attack_steps must be positive, got {s['attack_steps']}"),
-        (s["attack_step_size"] > 0, f"--attack_step_size must be positive, got {s['attack_step_size']}"),
         (s.get("epsilon_warmup_epochs", 0) >= 0, "--epsilon_warmup_epochs must be >= 0"),
         (s.get("lr_warmup_epochs", 0) >= 0, f"--lr_warmup_epochs must be >= 0, got {s.get('lr_warmup_epochs')}"),
         (s["train_examples"] >= 0, f"--train_examples must be >= 0, got {s['train_examples']}"),
@@ -196,6 +231,7 @@ def resolve_settings(values: dict[str, Any], info: data.DatasetInfo) -> dict[str
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    training_attack(s)  # epsilon, step size, norm: validated where the attack configuration is made
     s["lr_decay_epochs"] = [int(e) for e in s["lr_decay_epochs"]]
     s["ir_weights"] = [float(w) for w in s["ir_weights"]]
     return s
@@ -244,6 +280,25 @@ def make_optimizer(s: dict[str, Any], steps_per_epoch: int) -> keras.optimizers.
     return keras.optimizers.SGD(lr, momentum=s["momentum"], weight_decay=decay)
 
 
+def training_attack(s: dict[str, Any]) -> methods.AttackConfig:
+    """The training attack of resolved settings ``s`` (raises ``ValueError`` for values no
+    attack can use, such as ``--epsilon=8`` under ``linf``)."""
+    cls = methods.get(s["method"])
+    return methods.AttackConfig(s["epsilon"], s["attack_step_size"], s["attack_steps"], s["norm"],
+                                s["random_start"] or cls.default_random_start, objective=cls.attack_objective,
+                                bn_training=s["attack_bn_training"])
+
+
+def method_options(s: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of ``s["method"]`` from the settings it declares
+    (``AdversarialTrainer.settings_for``); an unset setting (``None``, ``[]``) keeps the method's default."""
+    options = {}
+    for name, argument in methods.get(s["method"]).settings_for(s).items():
+        if s.get(name) is not None and s.get(name) != []:
+            options[argument] = s[name]
+    return options
+
+
 def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[keras.Model],
                   steps_per_epoch: int = 1) -> methods.AdversarialTrainer:
     """The method's trainer from resolved settings ``s``."""
@@ -254,26 +309,9 @@ def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[ker
         eval_attack_steps=s["eval_attack_steps"], seed=s["seed"],
         l2_weight_decay=s["weight_decay"] if s["weight_decay_mode"] == "l2" else 0.0,
     )
-    method = s["method"]
-    distill = {k: v for k, v in (("temperature", s["temperature"]), ("kl_reduction", s["kl_reduction"])) if v is not None}
-    if method == "standard":
-        return methods.Standard(student, **common)
-    if method == "pgd_at":
-        return methods.PGDAT(student, **common)
-    if method == "trades":
-        return methods.TRADES(student, beta=s["trades_beta"], **common)
-    if method == "ard":
-        return methods.ARD(student, teacher, alpha=s["alpha"], **distill, **common)
-    if method == "rslad":
-        return methods.RSLAD(student, teacher, adversarial_weight=s["rslad_adversarial_weight"], **common)
-    if method == "iad":
-        return methods.IAD(student, teacher, alpha=s["alpha"], beta=s["iad_beta"], begin=s["iad_begin"], **distill, **common)
-    return methods.ARDIR(
-        student, teacher, ir_layers=s["ir_layers"] or None, ir_weights=s["ir_weights"] or None, gamma=s["gamma"],
-        distance=s["ir_distance"], teacher_ir_input=s["teacher_ir_input"], base=s["ardir_base"],
-        attack_objective=s["attack_objective"], alpha=s["alpha"], iad_beta=s["iad_beta"], iad_begin=s["iad_begin"],
-        **distill, **common,
-    )
+    cls = methods.get(s["method"])
+    models_ = (student, teacher) if s["method"] in methods.DISTILLATION_METHODS else (student,)
+    return cls(*models_, **method_options(s), **common)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -320,16 +358,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in os.listdir(self.directory):
             if old.endswith(".weights.h5") and old != name:
                 os.remove(os.path.join(self.directory, old))
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
@@ -450,7 +478,7 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     )
     results["training"] = {"method": s["method"], "model": s["model"], "epochs": s["epochs"],
                            "seconds": round(time.time() - start, 1), "teacher": teacher_path or None}
-    evaluate_lib.write_json(results, os.path.join(out, "results.json"))
+    write_json_atomic(os.path.join(out, "results.json"), results)
     distribute.remove_worker_dir(strategy, workdir)
     return results
 
@@ -480,7 +508,9 @@ def run(values: dict[str, Any]) -> dict[str, dict]:
 
 def main(argv) -> None:
     del argv
-    print(evaluate_lib.format_table(run(settings_from_flags())))
+    values = settings_from_flags()
+    check_settings_used(values, [name for name in _FLAG_NAMES if FLAGS[name].present])
+    print(evaluate_lib.format_table(run(values)))
 
 
 def _defaults() -> dict[str, Any]:
@@ -493,7 +523,5 @@ _FLAG_DEFAULTS = _defaults()
 _FLAG_NAMES = list(_FLAG_DEFAULTS)
 
 if __name__ == "__main__":
-    from ardir_tf import cli
-
     define_flags()
     cli.run(main)

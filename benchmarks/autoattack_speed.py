@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+import ardir_tf  # noqa: F401  (first: its quiet start and oneDNN default precede TensorFlow's import)
+
 
 def _train(width: int, epochs: int):
     import keras

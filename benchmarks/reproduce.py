@@ -34,6 +34,8 @@ from typing import Any, Optional, Sequence
 
 from absl import flags
 
+from ardir_tf.io import load_model_file, write_json_atomic
+
 FLAGS = flags.FLAGS
 METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
 STUDIES = ("main", "ablation", "controls", "precision")
@@ -117,9 +119,9 @@ def _evaluate_extra(workdir: str, s: dict[str, Any], autoattack_examples: int, s
     want_second = second_epsilon and extra.get("second_epsilon", {}).get("epsilon") != second_epsilon
     if not (want_aa or want_second):
         return extra
-    from ardir_tf import data, evaluate, train
+    from ardir_tf import data, evaluate
 
-    model = train.load_model_file(os.path.join(workdir, "model.keras"))
+    model = load_model_file(os.path.join(workdir, "model.keras"))
     x, y = data.load_arrays("mnist5k", "test", examples=s["eval_examples"])
     if want_aa:
         r = evaluate.evaluate(model, x[:n], y[:n], epsilon=s["epsilon"], attacks=["autoattack"], seed=s["seed"],
@@ -129,7 +131,7 @@ def _evaluate_extra(workdir: str, s: dict[str, Any], autoattack_examples: int, s
     if want_second:
         r = evaluate.evaluate(model, x, y, epsilon=second_epsilon, attacks=["pgd20", "cw"], seed=s["seed"], verbose=0)
         extra["second_epsilon"] = {"epsilon": second_epsilon, **r["robust_accuracy"]}
-    train.write_json_atomic(path, extra)
+    write_json_atomic(path, extra)
     return extra
 
 
@@ -292,9 +294,7 @@ def reproduce(f) -> dict[str, Any]:
         "hardware": f"{os.cpu_count()} CPU cores, {tf.config.list_physical_devices()}",
         "runs": runs, "table": table,
     }
-    from ardir_tf import train
-
-    train.write_json_atomic(os.path.join(out, "summary.json"), summary)
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
     main = {k.split("/", 1)[-1]: v for k, v in table.items() if k == "teacher" or k.startswith("main/")}
     md = [f"# mnist5k benchmark ({'quick' if f.quick else 'full'})", "",
           markdown_table(main, f.second_epsilon, f.epsilon)]

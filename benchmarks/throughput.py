@@ -160,7 +160,7 @@ def pass_counts(trainer) -> dict[str, int]:
     from ardir_tf import methods
 
     name = type(trainer).__name__
-    K = trainer.attack_steps if trainer.adversarial else 0
+    K = trainer.attack.steps if trainer.adversarial else 0
     c = {"student_pgd": K, "student_train": 0, "student_forward": 0, "teacher_forward": 0, "connector_train": 0}
     has_natural = False  # the loss computes S(x) itself
     if isinstance(trainer, methods.Standard):
@@ -170,23 +170,20 @@ def pass_counts(trainer) -> dict[str, int]:
         c["student_train"], has_natural = 2, True
     elif isinstance(trainer, methods.PGDAT):
         c["student_train"] = 1
-    elif isinstance(trainer, methods.ARD):
-        c["teacher_forward"] = 1
-        has_natural = trainer.alpha < 1
-        c["student_train"] = 1 + int(has_natural)
     elif isinstance(trainer, methods.RSLAD):
         c["teacher_forward"], c["student_train"], has_natural = 1, 2, True
-    elif isinstance(trainer, methods.IAD):
-        c["teacher_forward"] = 1 + int(int(trainer.epoch.numpy()) >= trainer.begin)
-        c["student_train"], has_natural = 2, True
-    elif isinstance(trainer, methods.ARDIR):
-        iad = trainer.base == "iad"
-        has_natural = iad or trainer.alpha < 1
+    elif isinstance(trainer, methods.OutputDistillationTrainer):  # ARD, IAD, ARDIR: the output loss's passes
+        output = trainer.output_loss
+        has_natural = output.needs_natural
         c["student_train"] = 1 + int(has_natural)
-        c["teacher_forward"] = 1 + int(trainer.teacher_ir_input == "adversarial")
-        if iad and trainer.teacher_ir_input == "natural" and int(trainer.epoch.numpy()) >= trainer.iad_begin:
-            c["teacher_forward"] += 1
-        c["connector_train"] = 1
+        c["teacher_forward"] = 1
+        adversarial_teacher_ir = isinstance(trainer, methods.ARDIR) and trainer.teacher_ir_input == "adversarial"
+        if adversarial_teacher_ir:
+            c["teacher_forward"] += 1  # T(x') for the IRs (IAD's trust weights reuse it)
+        elif isinstance(output, methods.IADLoss) and int(trainer.epoch.numpy()) >= output.begin:
+            c["teacher_forward"] += 1  # T(x') for IAD's trust weights
+        if isinstance(trainer, methods.ARDIR):
+            c["connector_train"] = 1
     else:
         raise ValueError(f"no pass structure known for {name}")
     if not has_natural and trainer.monitor_natural_accuracy:

@@ -8,6 +8,7 @@ with onnxruntime alone. From Python::
     card = export("runs/quickstart/model.keras", "deploy/mnist")
 
 This package's ``__init__`` imports nothing heavy, so that :mod:`export.predict` runs without
-TensorFlow.
+TensorFlow and the demo (``python -m app``) can import the image loader :mod:`export.images`
+without the training library.
 """
 

@@ -9,10 +9,12 @@ Usage::
          [--quantize_min_agreement=0.99] [--quantize_eval_examples=200] [--square_queries=1000]]
 
 Writes ``DIR/saved_model/``, ``DIR/model.onnx``, ``DIR/model_card.json``, ``DIR/examples/``,
-``DIR/BUILD.md`` and ``DIR/predict.py`` after checking on held-out images that the SavedModel and
-the ONNX model agree with the Keras model (``docs/export.md``). ``--quantize`` adds LiteRT
-dynamic-range and full-int8 files and an int8 ONNX model, each checked against the float model and
-attacked (clean, transfer, black-box Square) for the model card (:mod:`export.quantize`).
+``DIR/BUILD.md``, ``DIR/predict.py`` and ``DIR/images.py`` after checking on held-out images that the
+SavedModel and the ONNX model agree with the Keras model and that the attack signatures compute the
+library's attacks (``docs/export.md``).
+``--quantize`` adds LiteRT dynamic-range and full-int8 files and an int8 ONNX model, each checked
+against the float model and attacked (clean, transfer, black-box Square) for the model card
+(:mod:`export.quantize`).
 
 Exit status: 0 on success; 1 when the verification fails (nothing is written, an existing DIR is
 left as it was); 2 on bad input (flags, files, data), with a one-line ``error:`` message.

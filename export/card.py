@@ -243,6 +243,12 @@ def build(
                     "attack": (f"images, labels int32 [N], epsilon float32 scalar, steps int32 scalar in "
                                f"[0, {MAX_ATTACK_STEPS}] -> adversarial_images, logits; PGD ({threat['norm']}), "
                                f"uniform start, step {ATTACK_STEP_FRACTION:g}*epsilon, cross-entropy, clip [0, 1]"),
+                    "fgsm": (f"images, labels, epsilon -> adversarial_images, logits; FGSM ({threat['norm']}): one "
+                             "step of epsilon on the cross-entropy, no random start, clip [0, 1]"),
+                    "pgd": (f"images, labels, epsilon, step_size float32 scalar, steps int32 scalar in "
+                            f"[0, {MAX_ATTACK_STEPS}], seed int64 [2] -> adversarial_images, logits; PGD "
+                            f"({threat['norm']}), uniform start drawn from seed, cross-entropy, clip [0, 1]"),
+                    "cw": ("as pgd, on the Carlini-Wagner margin min(max_{j!=y} z_j - z_y, 50)"),
                 },
             },
             "onnx": {"path": os.path.basename(onnx_file), "opset": int(onnx_opset), "sha256": sha256(onnx_file),
@@ -250,7 +256,7 @@ def build(
                      "outputs": {"logits": f"float32 [N, {info.num_classes}]",
                                  "probabilities": f"float32 [N, {info.num_classes}]"}},
             "examples": "examples/",
-            "predict": "predict.py (onnxruntime + pillow, no TensorFlow)",
+            "predict": "predict.py and its image loader images.py (onnxruntime + pillow, no TensorFlow)",
         },
         "verification": verification,
         "export": {
@@ -280,13 +286,13 @@ Robust classifier exported by `python -m export`: {numbers}. See `model_card.jso
     pip install onnxruntime pillow numpy
 
 ```python
-import json, numpy as np, onnxruntime as ort
-from PIL import Image
+import json, onnxruntime as ort
+from images import load_image      # images.py of this bundle: the loader of predict.py and the demo
 
 card = json.load(open("model_card.json"))
 h, w, c = card["input"]["shape"]                       # {h}, {w}, {c}
-image = Image.open("{example}").convert("{mode}").resize((w, h))
-x = (np.asarray(image, np.float32) / 255.0).reshape(1, h, w, c)   # float32 [1, H, W, C] in [0, 1]
+x, _ = load_image("{example}", (h, w, c))              # EXIF rotation, alpha over white, "{mode}", resize
+x = x[None]                                            # float32 [1, H, W, C] in [0, 1]
 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
 logits, probabilities = session.run(["logits", "probabilities"], {{"images": x}})
 k = int(probabilities[0].argmax())
@@ -307,8 +313,10 @@ import tensorflow as tf
 m = tf.saved_model.load("saved_model")
 out = m.signatures["serving_default"](images=tf.constant(x))          # logits, probabilities
 feats = m.signatures["features"](images=tf.constant(x))               # {{layer: activation}}
-adv = m.signatures["attack"](images=tf.constant(x), labels=tf.constant([k], tf.int32),
-                             epsilon=tf.constant({threat['epsilon']:g}), steps=tf.constant(20))
+adv = m.signatures["pgd"](images=tf.constant(x), labels=tf.constant([k], tf.int32),   # PGD-20
+                          epsilon=tf.constant({threat['epsilon']:g}), step_size=tf.constant({threat['epsilon'] / 4:g}),
+                          steps=tf.constant(20), seed=tf.constant([0, 0], tf.int64))
+# also: m.signatures["fgsm"](images=..., labels=..., epsilon=...), m.signatures["cw"](same as pgd)
 ```
 
 Load SavedModels from trusted sources only: a SavedModel is a TensorFlow graph and can read and

@@ -2,7 +2,8 @@
 
 ``DIR`` receives ``saved_model/`` (three signatures, :mod:`export.savedmodel`), ``model.onnx``
 (:mod:`export.onnx_model`), ``model_card.json`` (:mod:`export.card`), ``examples/*.png``,
-``BUILD.md`` (deployment with onnxruntime) and ``predict.py`` (a copy of :mod:`export.predict`).
+``BUILD.md`` (deployment with onnxruntime), ``predict.py`` and ``images.py`` (copies of
+:mod:`export.predict` and its image loader :mod:`export.images`).
 Everything is written to a temporary sibling directory, verified (:mod:`export.verify`) and only
 then renamed into place (:mod:`export.atomic`).
 """
@@ -18,7 +19,7 @@ import keras
 
 from ardir_tf import data
 from ardir_tf.evaluate import float32_model
-from ardir_tf.train import load_model_file
+from ardir_tf.io import load_model_file
 from export import atomic, card as card_lib, onnx_model, quantize as quantize_lib, savedmodel, verify as verify_lib
 
 CARD_FILE = "model_card.json"
@@ -26,6 +27,8 @@ ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"
 EXAMPLES_DIR = "examples"
 MAX_EXAMPLES = 1000
+#: Files of this package copied into the bundle: the ONNX command line and its image loader.
+BUNDLED_SCRIPTS = ("predict.py", "images.py")
 
 
 def _check_model(model: keras.Model, info: data.DatasetInfo) -> None:
@@ -177,8 +180,9 @@ def export(
             f.write("\n")
         with open(os.path.join(tmp, "BUILD.md"), "w") as f:
             f.write(card_lib.build_md(model_card))
-        shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), "predict.py"),
-                        os.path.join(tmp, "predict.py"))
+        here = os.path.dirname(os.path.abspath(__file__))
+        for script in BUNDLED_SCRIPTS:
+            shutil.copyfile(os.path.join(here, script), os.path.join(tmp, script))
         atomic.publish(tmp, out, overwrite)
     except BaseException:
         atomic.discard(tmp)
@@ -186,5 +190,5 @@ def export(
     quantized = "".join(f"{v['file']}, " for k, v in (model_card.get("quantization") or {}).get("variants", {}).items()
                         if k != "float")
     log(f"wrote {out}: {SAVED_MODEL_DIR}/, {ONNX_FILE}, {quantized}{CARD_FILE}, {EXAMPLES_DIR}/ ({len(index)} images), "
-        "BUILD.md, predict.py")
+        "BUILD.md, predict.py, images.py")
     return model_card

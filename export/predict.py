@@ -8,13 +8,15 @@ Usage::
 ``--model`` takes any exported classifier file: ``.onnx`` (onnxruntime) or a quantized LiteRT
 ``.tflite`` (``export --quantize``; needs the ``ai-edge-litert`` package, not TensorFlow).
 
-This file imports no TensorFlow and nothing from this project, so the export copies it into the
-bundle (``DIR/predict.py``) where it runs as ``python predict.py --onnx=model.onnx IMAGE``.
+This file imports no TensorFlow and nothing from this project but the image loader
+:mod:`export.images` (Pillow and NumPy), so the export copies both into the bundle
+(``DIR/predict.py``, ``DIR/images.py``) where it runs as ``python predict.py --onnx=model.onnx IMAGE``.
 
 Each IMAGE is
 
-* an image file Pillow can read (PNG, JPEG, ...): converted to grayscale or RGB to match the model's
-  channels, resized (bilinear) to the model's height and width when needed, and scaled to [0, 1];
+* an image file Pillow can read (PNG, JPEG, ...): converted by :func:`export.images.load_image`, the
+  loader the demo uses too (EXIF orientation, transparency over white, grayscale or RGB to match the
+  model's channels, bilinear resize to the model's height and width, scaled to [0, 1]);
 * a ``.npy`` array, used as is (no conversion): ``[H, W]`` (one-channel models), ``[H, W, C]`` or
   ``[N, H, W, C]``, dtype uint8 (0..255) or float with values in [0, 1]. A wrong rank, size,
   channel count, dtype or range is an error.
@@ -33,6 +35,12 @@ import sys
 from typing import Sequence
 
 import numpy as np
+
+if __package__:  # python -m export.predict, or imported from the project
+    from export import images
+else:  # the bundle's copy, run as `python predict.py`: images.py sits beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import images
 
 
 class InputError(ValueError):
@@ -92,13 +100,12 @@ def check_batch(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def load_image(path: str, shape: Sequence[int], invert: bool = False) -> np.ndarray:
     """An image file (or ``.npy`` array) as float32 ``[N, H, W, C]`` in [0, 1] for the model.
 
-    Image files are converted to the model's channels ("L" or "RGB") and resized (bilinear);
+    Image files are converted by :func:`export.images.load_image` (the demo's loader too);
     ``.npy`` arrays must already match (see :func:`check_batch`). ``invert`` maps ``p -> 1 - p``
     (e.g. a dark digit on white paper for an MNIST model, which saw white digits on black).
     """
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
-    h, w, c = (int(d) for d in shape)
     if path.lower().endswith(".npy"):
         try:
             array = np.load(path, allow_pickle=False)
@@ -109,20 +116,11 @@ def load_image(path: str, shape: Sequence[int], invert: bool = False) -> np.ndar
         except InputError as err:
             raise InputError(f"{path}: {err}") from None
     else:
-        from PIL import Image, UnidentifiedImageError
-
-        if c not in (1, 3):
-            raise InputError(f"image files can feed 1- or 3-channel models only; this model takes {c} channels "
-                             "(pass a .npy array)")
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if c == 1 else "RGB")
-                if image.size != (w, h):
-                    image = image.resize((w, h), Image.Resampling.BILINEAR)
-                pixels = np.asarray(image, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as err:
-            raise InputError(f"{path}: not an image file Pillow can read ({type(err).__name__})") from None
-        x = check_batch(pixels.reshape(h, w, c), shape)
+            pixels, _ = images.load_image(path, shape)
+        except images.ImageError as err:
+            raise InputError(f"{path}: {err}") from None
+        x = pixels[None]
     return 1.0 - x if invert else x
 
 
@@ -235,10 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--top_k must be >= 1, got {args.top_k}")
         if bool(args.onnx) == bool(args.model):
             raise InputError("pass exactly one of --onnx and --model")
-        path = args.model or args.onnx
-        session = open_model(path)
+        model_path = args.model or args.onnx
+        session = open_model(model_path)
         shape = model_input_shape(session)
-        names = class_names(path, session)
+        names = class_names(model_path, session)
         rows = []
         for path in args.images:
             x = load_image(path, shape, invert=args.invert)

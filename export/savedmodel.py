@@ -1,4 +1,4 @@
-"""The exported TensorFlow SavedModel: one ``tf.Module`` with three signatures.
+"""The exported TensorFlow SavedModel: one ``tf.Module`` with six signatures.
 
 ``serving_default(images) -> {logits, probabilities}``
     ``images``: float32 ``[N, H, W, C]`` with pixels in [0, 1]; ``logits``/``probabilities``:
@@ -13,16 +13,34 @@
     every step, model in inference mode. ``labels``: int32 ``[N]``; ``epsilon``: float32 scalar;
     ``steps``: int32 scalar in ``[0, MAX_ATTACK_STEPS]``. ``logits`` are the model's logits on the
     adversarial images.
+``fgsm(images, labels, epsilon) -> {adversarial_images, logits}``
+    FGSM (Goodfellow et al. 2015): one step of size ``epsilon`` along the sign (L-inf) or the
+    direction (L2) of the cross-entropy gradient, no random start; the evaluation protocol's
+    ``fgsm``.
+``pgd(images, labels, epsilon, step_size, steps, seed) -> {adversarial_images, logits}``
+    PGD on the cross-entropy as ``attack``, with the step size a float32 scalar ``>= 0`` and the
+    uniform random start drawn from ``seed`` (int64 ``[2]``, a stateless seed): the same inputs
+    and seed give the same images. ``steps=20, step_size=epsilon/4`` is the protocol's ``pgd20``.
+``cw(images, labels, epsilon, step_size, steps, seed) -> {adversarial_images, logits}``
+    The same PGD on the Carlini-Wagner margin ``min(max_{j != y} z_j - z_y, 50)``; ``steps=30,
+    step_size=epsilon/4`` is the protocol's ``cw``.
+
+All four attack signatures are the library's own attacks (:func:`ardir_tf.attacks.fgsm.fgsm`,
+:func:`ardir_tf.attacks.pgd.pgd` with the objectives ``ce`` and ``cw``) traced at export time on
+the model in inference mode, in the card's threat-model norm, pixels clipped to [0, 1]: the demo
+(``python -m app``) calls ``fgsm``, ``pgd`` and ``cw`` instead of carrying attack code of its
+own.
 
 Every signature checks its inputs in the graph before the model runs and fails with a
 ``tf.errors.InvalidArgumentError`` whose message names the expected shape: wrong rank, wrong
 height/width/channels, pixels outside [0, 1], labels of the wrong length or out of range, an
-epsilon outside the allowed range, a negative or too large step count. A wrong dtype is refused by
+epsilon outside the allowed range, a negative or too large step count, a negative step size, a
+seed that is not two numbers. A wrong dtype is refused by
 TensorFlow itself when the signature is called (``... was expected to be a float tensor but is a
 uint8 tensor``). The image input is declared with an unknown shape precisely so that a wrong rank
 reaches these checks instead of failing deep inside a convolution.
 
-The module also keeps ``serve``, ``features`` and ``attack`` as restored ``tf.function``
+The module also keeps ``serve``, ``features`` and the attacks as restored ``tf.function``
 attributes: ``tf.saved_model.load(path).serve(x)`` accepts NumPy arrays.
 """
 
@@ -33,14 +51,17 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from ardir_tf.attacks.fgsm import fgsm
 from ardir_tf.attacks.pgd import pgd
 from ardir_tf.models import feature_model
 
-#: Largest ``steps`` the ``attack`` signature accepts (a guard against a runaway request).
+#: Largest ``steps`` the attack signatures accept (a guard against a runaway request).
 MAX_ATTACK_STEPS = 1000
 #: The ``attack`` signature's step size as a fraction of epsilon.
 ATTACK_STEP_FRACTION = 0.25
-SIGNATURES = ("serving_default", "features", "attack")
+#: The attack signatures the demo (``python -m app``) calls; a bundle without them predates them.
+ATTACK_SIGNATURES = ("fgsm", "pgd", "cw")
+SIGNATURES = ("serving_default", "features", "attack", *ATTACK_SIGNATURES)
 
 
 def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
@@ -76,13 +97,13 @@ def _checked_images(images: tf.Tensor, input_shape: Sequence[int]) -> tf.Tensor:
 
 
 class ExportModule(tf.Module):
-    """Wraps a Keras classifier into the three exported signatures.
+    """Wraps a Keras classifier into the exported signatures (:data:`SIGNATURES`).
 
     Args:
         model: a float32 functional Keras classifier ``[N, H, W, C] -> logits [N, K]``.
         input_shape: ``(H, W, C)`` of one image.
         ir_layers: names of the layers the ``features`` signature returns.
-        norm: threat-model norm of the ``attack`` signature, ``"linf"`` or ``"l2"``.
+        norm: threat-model norm of the attack signatures, ``"linf"`` or ``"l2"``.
     """
 
     def __init__(self, model: keras.Model, input_shape: Sequence[int], ir_layers: Sequence[str], norm: str = "linf"):
@@ -101,15 +122,15 @@ class ExportModule(tf.Module):
         image_spec = tf.TensorSpec(shape=None, dtype=tf.float32, name="images")
         self.serve = tf.function(self._serve, input_signature=[image_spec])
         self.features = tf.function(self._features, input_signature=[image_spec])
-        self.attack = tf.function(
-            self._attack,
-            input_signature=[
-                image_spec,
-                tf.TensorSpec(shape=None, dtype=tf.int32, name="labels"),
-                tf.TensorSpec(shape=None, dtype=tf.float32, name="epsilon"),
-                tf.TensorSpec(shape=None, dtype=tf.int32, name="steps"),
-            ],
-        )
+        labels = tf.TensorSpec(shape=None, dtype=tf.int32, name="labels")
+        epsilon = tf.TensorSpec(shape=None, dtype=tf.float32, name="epsilon")
+        steps = tf.TensorSpec(shape=None, dtype=tf.int32, name="steps")
+        iterative = [image_spec, labels, epsilon, tf.TensorSpec(shape=None, dtype=tf.float32, name="step_size"),
+                     steps, tf.TensorSpec(shape=None, dtype=tf.int64, name="seed")]
+        self.attack = tf.function(self._attack, input_signature=[image_spec, labels, epsilon, steps])
+        self.fgsm = tf.function(self._fgsm, input_signature=[image_spec, labels, epsilon])
+        self.pgd = tf.function(self._pgd, input_signature=iterative)
+        self.cw = tf.function(self._cw, input_signature=iterative)
 
     # The wrapped functions -------------------------------------------------------------------
     def _serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -122,26 +143,37 @@ class ExportModule(tf.Module):
         outputs = self._features_model(x, training=False)
         return {name: tf.cast(t, tf.float32) for name, t in zip(self._ir_layers, outputs[1:])}
 
-    def _attack(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor, steps: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _checked_attack_inputs(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor,
+                               steps: tf.Tensor | None = None, step_size: tf.Tensor | None = None,
+                               seed: tf.Tensor | None = None) -> tuple[tf.Tensor, ...]:
+        """In-graph checks of an attack signature's inputs; returns ``(x, labels, epsilon, steps,
+        step_size, seed)`` reshaped to their static ranks (``None`` for an input not given)."""
         x = _checked_images(images, self._input_shape)
         n = tf.shape(x)[0]
         k = self._num_classes
         eps_max = 1.0 if self._norm == "linf" else float("inf")
+
+        def scalar(t, what):
+            return tf.debugging.Assert(tf.equal(tf.rank(t), 0), [f"{what}; got shape", tf.shape(t)],
+                                       name=f"check_{what.split()[0]}_rank")
+
         checks = [
             tf.debugging.Assert(tf.equal(tf.rank(labels), 1),
                                 ["labels must be int32 class indices of shape [N]; got shape", tf.shape(labels)],
                                 name="check_labels_rank"),
-            tf.debugging.Assert(tf.equal(tf.rank(epsilon), 0),
-                                ["epsilon must be a float32 scalar; got shape", tf.shape(epsilon)],
-                                name="check_epsilon_rank"),
-            tf.debugging.Assert(tf.equal(tf.rank(steps), 0),
-                                ["steps must be an int32 scalar; got shape", tf.shape(steps)],
-                                name="check_steps_rank"),
+            scalar(epsilon, "epsilon must be a float32 scalar"),
         ]
+        if steps is not None:
+            checks.append(scalar(steps, "steps must be an int32 scalar"))
+        if step_size is not None:
+            checks.append(scalar(step_size, "step_size must be a float32 scalar"))
+        if seed is not None:
+            checks.append(tf.debugging.Assert(
+                tf.logical_and(tf.equal(tf.rank(seed), 1), tf.equal(tf.size(seed), 2)),
+                ["seed must be two int64 numbers, shape [2]; got shape", tf.shape(seed)], name="check_seed_shape"))
         with tf.control_dependencies(checks):
             labels = tf.reshape(labels, [-1])
             epsilon = tf.reshape(epsilon, [])
-            steps = tf.reshape(steps, [])
             checks += [
                 tf.debugging.Assert(tf.equal(tf.size(labels), n),
                                     ["labels must hold one label per image; got", tf.size(labels), "labels for", n,
@@ -155,19 +187,56 @@ class ExportModule(tf.Module):
                     tf.logical_and(tf.greater_equal(epsilon, 0.0), tf.less_equal(epsilon, eps_max)),
                     [f"epsilon must lie in [0, {eps_max:g}] ({self._norm} radius in [0, 1] pixel units); got",
                      epsilon], name="check_epsilon"),
-                tf.debugging.Assert(
-                    tf.logical_and(steps >= 0, steps <= MAX_ATTACK_STEPS),
-                    [f"steps must lie in [0, {MAX_ATTACK_STEPS}]; got", steps], name="check_steps"),
             ]
+            if steps is not None:
+                steps = tf.reshape(steps, [])
+                checks.append(tf.debugging.Assert(
+                    tf.logical_and(steps >= 0, steps <= MAX_ATTACK_STEPS),
+                    [f"steps must lie in [0, {MAX_ATTACK_STEPS}]; got", steps], name="check_steps"))
+            if step_size is not None:
+                step_size = tf.reshape(step_size, [])
+                checks.append(tf.debugging.Assert(
+                    tf.logical_and(tf.greater_equal(step_size, 0.0), tf.math.is_finite(step_size)),
+                    ["step_size must be a finite number >= 0 (pixel units of [0, 1] images); got", step_size],
+                    name="check_step_size"))
+            if seed is not None:
+                seed = tf.reshape(seed, [2])
         with tf.control_dependencies(checks):
             x = tf.identity(x)
-        x_adv = pgd(
-            self._model, x, labels, epsilon=epsilon, step_size=ATTACK_STEP_FRACTION * epsilon, steps=steps,
-            norm=self._norm, random_start="uniform", objective="ce", training=False,
-        )
+        return x, labels, epsilon, steps, step_size, seed
+
+    def _adversarial(self, x_adv: tf.Tensor) -> dict[str, tf.Tensor]:
         x_adv = tf.ensure_shape(x_adv, [None, *self._input_shape])
         logits = tf.cast(self._model(x_adv, training=False), tf.float32)
         return {"adversarial_images": x_adv, "logits": logits}
+
+    def _attack(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor, steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        x, labels, epsilon, steps, _, _ = self._checked_attack_inputs(images, labels, epsilon, steps)
+        return self._adversarial(pgd(
+            self._model, x, labels, epsilon=epsilon, step_size=ATTACK_STEP_FRACTION * epsilon, steps=steps,
+            norm=self._norm, random_start="uniform", objective="ce", training=False,
+        ))
+
+    def _fgsm(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor) -> dict[str, tf.Tensor]:
+        x, labels, epsilon, _, _, _ = self._checked_attack_inputs(images, labels, epsilon)
+        return self._adversarial(fgsm(self._model, x, labels, epsilon=epsilon, norm=self._norm))
+
+    def _iterative(self, objective: str, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor,
+                   step_size: tf.Tensor, steps: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        x, labels, epsilon, steps, step_size, seed = self._checked_attack_inputs(
+            images, labels, epsilon, steps, step_size, seed)
+        return self._adversarial(pgd(
+            self._model, x, labels, epsilon=epsilon, step_size=step_size, steps=steps, norm=self._norm,
+            random_start="uniform", objective=objective, training=False, seed=seed,
+        ))
+
+    def _pgd(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor, step_size: tf.Tensor,
+             steps: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._iterative("ce", images, labels, epsilon, step_size, steps, seed)
+
+    def _cw(self, images: tf.Tensor, labels: tf.Tensor, epsilon: tf.Tensor, step_size: tf.Tensor,
+            steps: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._iterative("cw", images, labels, epsilon, step_size, steps, seed)
 
     # Saving -------------------------------------------------------------------------------------
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
@@ -176,18 +245,21 @@ class ExportModule(tf.Module):
             "serving_default": self.serve.get_concrete_function(),
             "features": self.features.get_concrete_function(),
             "attack": self.attack.get_concrete_function(),
+            "fgsm": self.fgsm.get_concrete_function(),
+            "pgd": self.pgd.get_concrete_function(),
+            "cw": self.cw.get_concrete_function(),
         }
 
 
 def save(model: keras.Model, path: str, input_shape: Sequence[int], ir_layers: Sequence[str], norm: str = "linf") -> None:
-    """Writes the SavedModel of ``model`` with the three signatures to directory ``path``.
+    """Writes the SavedModel of ``model`` with its signatures (:data:`SIGNATURES`) to directory ``path``.
 
     Args:
         model: a float32 functional Keras classifier taking [0, 1] images.
         path: the SavedModel directory to create.
         input_shape: ``(H, W, C)``.
         ir_layers: layer names of the ``features`` signature.
-        norm: threat-model norm of the ``attack`` signature.
+        norm: threat-model norm of the attack signatures.
     """
     module = ExportModule(model, input_shape, ir_layers, norm)
     tf.saved_model.save(module, path, signatures=module.signatures())

@@ -13,7 +13,11 @@
    are classified identically by the ONNX model and the SavedModel, with logits within
    ``tolerance``;
 4. **the attack signature**: the SavedModel's ``attack`` signature returns images inside the
-   eps-ball around the inputs and inside [0, 1], and ONNX classifies them as Keras does.
+   eps-ball around the inputs and inside [0, 1], and ONNX classifies them as Keras does;
+5. **the demo's attack signatures** ``fgsm``, ``pgd`` and ``cw`` return the images that the
+   library's attacks compute on the Keras model from the same inputs and seed (at most
+   :data:`MAX_DIFFERING_PIXELS` of the pixels may differ by more than ``tolerance``: a gradient
+   component within rounding of zero can take the other sign in the exported graph).
 
 A failed check raises :class:`VerificationError` carrying the whole report; the numbers of a
 passing run become ``model_card.json["verification"]``.
@@ -27,14 +31,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf.attacks.fgsm import fgsm
 from ardir_tf.attacks.pgd import pgd
 from ardir_tf.models import feature_model
-from export.savedmodel import ATTACK_STEP_FRACTION
+from export.savedmodel import ATTACK_SIGNATURES, ATTACK_STEP_FRACTION
 
 DEFAULT_TOLERANCE = 1e-4
 MIN_EXAMPLES = 64
 VERIFY_ATTACK_STEPS = 20
 SIGNATURE_ATTACK_STEPS = 10
+#: Largest fraction of pixels on which an attack signature may differ from the library's attack.
+MAX_DIFFERING_PIXELS = 0.01
 
 
 class VerificationError(RuntimeError):
@@ -238,11 +245,45 @@ def verify(
         "onnx": _compare("onnx (attack signature images)", sig_keras, sig_onnx, tolerance, failures),
     }
 
+    # 5. fgsm, pgd and cw: the library's attacks on the Keras model, same inputs and seed
+    report["attack_signatures"] = _check_attack_signatures(model, loaded, xs, ys, epsilon, norm, tolerance, seed,
+                                                           failures)
+
     report["passed"] = not failures
     if failures:
         report["failures"] = failures
         raise VerificationError("export verification failed: " + "; ".join(failures), report)
     return report
+
+
+def _check_attack_signatures(model: keras.Model, loaded, x: np.ndarray, y: np.ndarray, epsilon: float, norm: str,
+                             tolerance: float, seed: int, failures: list[str]) -> dict:
+    """Compares the ``fgsm``, ``pgd`` and ``cw`` signatures with the library's attacks (check 5)."""
+    step_size = ATTACK_STEP_FRACTION * epsilon
+    stateless = tf.constant([seed, 1], tf.int64)
+    xt, yt = tf.constant(x), tf.constant(y)
+    args = dict(images=xt, labels=yt, epsilon=tf.constant(epsilon, tf.float32))
+    iterative = dict(args, step_size=tf.constant(step_size, tf.float32),
+                     steps=tf.constant(SIGNATURE_ATTACK_STEPS, tf.int32), seed=stateless)
+    library = {
+        "fgsm": lambda: fgsm(model, xt, yt, epsilon=epsilon, norm=norm),
+        "pgd": lambda: pgd(model, xt, yt, epsilon=epsilon, step_size=step_size, steps=SIGNATURE_ATTACK_STEPS,
+                           norm=norm, random_start="uniform", objective="ce", seed=stateless),
+        "cw": lambda: pgd(model, xt, yt, epsilon=epsilon, step_size=step_size, steps=SIGNATURE_ATTACK_STEPS,
+                          norm=norm, random_start="uniform", objective="cw", seed=stateless),
+    }
+    out = {"examples": int(len(x)), "steps": SIGNATURE_ATTACK_STEPS, "step_size": f"{ATTACK_STEP_FRACTION:g}*eps"}
+    for name in ATTACK_SIGNATURES:
+        got = loaded.signatures[name](**(args if name == "fgsm" else iterative))["adversarial_images"].numpy()
+        ref = tf.function(library[name])().numpy()
+        diff = np.abs(got - ref)
+        differing = float(np.mean(diff > tolerance)) if diff.size else 0.0
+        out[name] = {"max_abs_image_diff": float(diff.max()) if diff.size else 0.0, "differing_pixels": differing,
+                     "adversarial_accuracy": float(np.mean(np.argmax(model(got, training=False), -1) == y))}
+        if got.shape != ref.shape or not differing <= MAX_DIFFERING_PIXELS:
+            failures.append(f"{name} signature: {100 * differing:.2f}% of the pixels differ from the library's "
+                            f"{name} on the Keras model (allowed {100 * MAX_DIFFERING_PIXELS:g}%)")
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -271,5 +312,9 @@ def format_report(report: dict) -> str:
     lines.append(f"  attack signature ({sig['examples']} images, {sig['steps']} steps): perturbation "
                  f"{sig['max_perturbation']:.4g} <= eps, pixels in [0, 1]: {sig['within_ball'] and sig['in_unit_range']}, "
                  f"accuracy {100 * sig['natural_accuracy']:.1f}% -> {100 * sig['adversarial_accuracy']:.1f}%")
+    sigs = report.get("attack_signatures")
+    if sigs:
+        lines.append("  fgsm/pgd/cw signatures vs the library's attacks on Keras (same seed): pixels differing "
+                     + ", ".join(f"{n} {100 * sigs[n]['differing_pixels']:.2f}%" for n in ATTACK_SIGNATURES if n in sigs))
     lines.append("  PASSED" if report.get("passed") else "  FAILED: " + "; ".join(report.get("failures", [])))
     return "\n".join(lines)

@@ -6,8 +6,9 @@ about 60 s of CPU): a PGD-AT student (eps 0.3 with eps warm-up; ~94% natural, ~6
 standard one (~89% natural, 0% robust). ``ARDIR_APP_TEST_BUNDLES=DIR`` keeps them in ``DIR`` and
 reuses them on the next run.
 
-One server runs the real CLI in a subprocess on a free port, with ``ardir_tf`` and ``export`` made
-unimportable (the app must work on the exported artifacts alone). The tests drive its API with
+One server runs the real CLI in a subprocess on a free port, with ``ardir_tf`` and ``export`` (but
+its image loader ``export.images``) made unimportable: the app must work on the exported artifacts
+alone, attacking through the bundle's own signatures. The tests drive its API with
 ``gradio_client``, send bad uploads and 20 concurrent requests, and open the page in headless
 Chromium (Debian's ``chromium`` package driven by Playwright). Without Chromium or Playwright the
 browser test is skipped locally and **fails** when ``CI`` is set.
@@ -63,13 +64,15 @@ MAKE_BUNDLE = textwrap.dedent("""
     exporter.export(f"{workdir}/model.keras", out, examples=int(examples), verify_examples=64)
 """)
 
-# Runs the app's CLI with the training library and the exporter unimportable.
+# Runs the app's CLI with the training library and the exporter unimportable (all but the image
+# loader export.images, which the bundle's predict.py shares).
 SERVER = textwrap.dedent("""
     import importlib.abc, runpy, sys
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("ardir_tf", "export"):
+            top = name.split(".")[0]
+            if top == "ardir_tf" or (top == "export" and name not in ("export", "export.images")):
                 raise ImportError(f"the demo must not import {name}")
             return None
 
@@ -90,7 +93,10 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 def _make_bundle(kind: str, root: str) -> str:
     out = os.path.join(root, kind)
     if os.path.isfile(os.path.join(out, "model_card.json")):
-        return out
+        if "pgd" in _card(out)["artifacts"]["saved_model"]["signatures"]:
+            return out
+        for stale in (out, os.path.join(root, f"{kind}-run")):  # kept from before the attack signatures
+            shutil.rmtree(stale)
     proc = _run(["-c", MAKE_BUNDLE, os.path.join(root, f"{kind}-run"), out, str(EXAMPLES), *TRAIN_COMMON, *TRAIN[kind]])
     assert proc.returncode == 0, f"training or export of {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return out
@@ -132,7 +138,8 @@ def server(bundles, tmp_path_factory):
                 pytest.fail(f"the app exited with status {proc.returncode}:\n{log.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url + "/config", timeout=5) as r:
-                    if r.status == 200:
+                    # The app prints its address once launch() returns, just after the server answers.
+                    if r.status == 200 and "Running on local URL" in log.read_text():
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -194,6 +201,43 @@ def test_server_is_local_and_never_shares(server):
     text = server["log"].read_text()
     assert f"Running on local URL:  {server['url']}" in text, text
     assert "gradio.live" not in text and "public URL" not in text.lower()
+    assert "share=True" not in text and "public link" not in text, text  # no advice to use a missing option
+
+
+def test_attack_endpoint_names_its_outputs(client):
+    """gradio_client shows the outputs by name (not value_13, value_24)."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/attack"]
+    params = [p["parameter_name"] for p in api["parameters"]]
+    names = [r["label"] for r in api["returns"]]
+    assert params == ["image", "attack", "eps", "steps", "invert"], params
+    per_model = ["clean image", "clean prediction", "adversarial image", "perturbation", "adversarial prediction",
+                 "verdict", "onnx check"]
+    assert names == (["status"] + [f"{role}: {n}" for role in ("robust student", "comparison") for n in per_model]
+                     + ["summary"]), names
+    text = client.view_api(print_info=False, return_format="str")
+    assert "value_" not in text and "robust_student_adversarial_image" in text and "comparison_verdict" in text, text
+
+
+def test_a_bundle_without_the_attack_signatures_is_refused(bundles, tmp_path):
+    """An older bundle (no fgsm/pgd/cw signatures): one error line that says to export again."""
+    old = tmp_path / "old"
+    shutil.copytree(bundles["standard"], old)
+    script = textwrap.dedent("""
+        import sys, tensorflow as tf
+        path = sys.argv[1] + "/saved_model"
+        m = tf.saved_model.load(path)
+        kept = {k: m.signatures[k] for k in ("serving_default", "features", "attack")}
+        tf.saved_model.save(m, path + ".old", signatures=kept)
+    """)
+    proc = _run(["-c", script, str(old)], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.rmtree(old / "saved_model")
+    os.rename(old / "saved_model.old", old / "saved_model")
+    proc = _run(["-c", SERVER, f"--export={old}", "--port=1"], timeout=300)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1 and "without the signature(s) fgsm, pgd, cw" in lines[0], proc.stderr[-2000:]
+    assert "export it again: python -m export" in lines[0]
 
 
 # ---------------------------------------------------------------------------- the attack API
@@ -391,6 +435,45 @@ def test_browser_runs_an_attack(chromium, server, tmp_path):
 
 
 # ------------------------------------------------------------------------ pieces, no server
+def test_demo_attacks_are_the_library_attacks(bundles):
+    """The demo's FGSM, PGD and CW (the bundle's signatures, called by ``Bundle.attack``) compute
+    what ``ardir_tf.attacks`` computes on the trained Keras model, same images, labels and seed, and
+    they fool the standard model as the demo's own copy did."""
+    import keras
+    import tensorflow as tf
+
+    from app.runtime import SEED, STEP_FRACTION, Bundle, load_image
+    from ardir_tf.attacks.fgsm import fgsm
+    from ardir_tf.attacks.pgd import pgd
+
+    bundle = Bundle(bundles["standard"])
+    model = keras.models.load_model(os.path.join(os.path.dirname(bundles["standard"]), "standard-run", "model.keras"),
+                                    compile=False)
+    x = np.stack([load_image(e.path, bundle.shape)[0] for e in bundle.examples])
+    p_clean = bundle.predict(x)
+    labels = p_clean.argmax(1).astype(np.int32)
+    eps, steps = MODERATE_EPS, 10
+    seed = tf.constant(SEED, tf.int64)
+    library = {
+        "FGSM": lambda: fgsm(model, x, labels, epsilon=eps),
+        "PGD": lambda: pgd(model, x, labels, epsilon=eps, step_size=STEP_FRACTION * eps, steps=steps, seed=seed),
+        "CW": lambda: pgd(model, x, labels, epsilon=eps, step_size=STEP_FRACTION * eps, steps=steps, seed=seed,
+                          objective="cw"),
+    }
+    rows = np.arange(len(x))
+    for method, attack in library.items():
+        demo = bundle.attack(x, labels, method, eps, steps)
+        ref = tf.function(attack)().numpy()
+        differing = np.mean(np.abs(demo - ref) > 1e-6)
+        assert differing <= 0.001, (method, differing)
+        np.testing.assert_array_equal(bundle.attack(x, labels, method, eps, steps), demo)  # a fixed seed
+        p_adv = bundle.predict(demo)
+        drop = float(np.mean(p_clean[rows, labels] - p_adv[rows, labels]))
+        flipped = float(np.mean(p_adv.argmax(1) != labels))
+        print(f"{method} eps {eps}: confidence in the clean class drops by {drop:.2f}, {flipped:.0%} flipped")
+        assert drop > 0.3 and flipped > (0.25 if method == "FGSM" else 0.5), (method, drop, flipped)
+
+
 def test_load_image_converts_any_mode(tmp_path):
     from app.runtime import load_image
 
@@ -408,6 +491,48 @@ def test_load_image_converts_any_mode(tmp_path):
     assert load_image(str(tmp_path / "la.png"), (28, 28, 1))[0].min() == 1.0   # transparent over white
     x, _ = load_image(str(tmp_path / "rgb.jpg"), (32, 32, 3), invert=True)
     assert x.shape == (32, 32, 3) and x.max() < 0.3
+
+
+def _exif_rotated(image: Image.Image, path, orientation: int = 6) -> None:
+    """Saves ``image`` with an EXIF orientation tag (6: a viewer rotates it 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_demo_and_predict_load_the_same_array(tmp_path, suffix):
+    """One loader: the demo and the bundle's predict.py turn a rotated photo and a transparent PNG
+    into identical arrays, with the EXIF rotation applied and transparency shown over white."""
+    from app.runtime import load_image as demo_load
+    from export.predict import load_image as predict_load
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (2, 4, 3), dtype=np.uint8)  # 5x5 blocks: survive JPEG, show a rotation
+    wide = Image.fromarray(np.kron(blocks, np.ones((5, 5, 1), np.uint8)), "RGB")  # 20 wide, 10 high
+    rotated = tmp_path / f"rotated.{suffix}"
+    _exif_rotated(wide, rotated)
+    transparent = tmp_path / "transparent.png"
+    rgba = np.zeros((12, 12, 4), np.uint8)  # black, fully transparent ...
+    rgba[3:9, 3:9] = (255, 0, 0, 255)       # ... around an opaque red square
+    Image.fromarray(rgba, "RGBA").save(transparent)
+    for path in (rotated, transparent):
+        for shape in ((10, 10, 1), (28, 28, 3), (20, 10, 3)):
+            demo, _ = demo_load(str(path), shape)
+            predicted = predict_load(str(path), shape)
+            assert predicted.shape == (1, *shape) and predicted.dtype == np.float32
+            np.testing.assert_array_equal(predicted[0], demo, err_msg=f"{path.name} {shape}")
+    # The rotation is applied: the tagged file reads as the upright 10-wide, 20-high image.
+    upright = tmp_path / f"upright.{suffix}"
+    wide.transpose(Image.Transpose.ROTATE_270).save(upright)
+    got, info = demo_load(str(rotated), (20, 10, 3))
+    assert info["size"] == [20, 10]  # as stored
+    reference = demo_load(str(upright), (20, 10, 3))[0]
+    assert np.mean(np.abs(got - reference)) <= (0 if suffix == "png" else 0.03)
+    assert np.mean(np.abs(got - np.asarray(wide.resize((10, 20)), np.float32) / 255)) > 0.1  # not just resized
+    # Transparency over white, not the black stored under it.
+    x = predict_load(str(transparent), (12, 12, 3))[0]
+    assert np.all(x[0, 0] == 1.0) and np.allclose(x[5, 5], [1.0, 0.0, 0.0])
 
 
 def test_accuracy_curve_prefers_the_cards_sweep():
@@ -430,3 +555,33 @@ def test_accuracy_curve_prefers_the_cards_sweep():
     assert ui.accuracy_figure(curves, [Fake()]) is not None
     table = ui.robustness_markdown([Fake()], ["robust student"])
     assert "| natural accuracy | 99.0% |" in table and "88.0%" in table
+
+
+def test_example_images_curve_never_stands_beside_the_cards_numbers():
+    """PGD on the 10 example images is not the model's robustness: with card numbers it is not
+    plotted; without any it is plotted dotted and labelled as what it is."""
+    from app import ui
+
+    class Fake:
+        name, epsilon, norm, shape = "fake", 0.3, "linf", (28, 28, 1)
+        card = {"evaluation": {"examples": 1000, "epsilon": 0.3, "norm": "linf", "natural_accuracy": 0.95,
+                               "robust_accuracy": {"pgd20": 0.65, "all": 0.608}}}
+        calls = 0
+
+        def accuracy_curve(self, epsilons, steps=10):
+            Fake.calls += 1
+            return {"epsilons": list(epsilons), "accuracy": [1.0] * len(epsilons), "examples": 10,
+                    "attack": f"PGD-{steps}"}
+
+    curves = ui.accuracy_curves([Fake()], 0.4)
+    assert Fake.calls == 0 and [c["style"] for c in curves] == ["points"], curves
+    assert curves[0]["accuracy"] == [0.95, 0.608] and "1000 test images" in curves[0]["source"]
+    bare = Fake()
+    bare.card = {}
+    curves = ui.accuracy_curves([bare], 0.4)
+    assert Fake.calls == 1 and [c["style"] for c in curves] == ["examples"]
+    assert curves[0]["source"].startswith("NOT the model's robustness: PGD-10 on only the 10 example images")
+    figure = ui.accuracy_figure(curves, [bare])
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert legend == [f"fake: {curves[0]['source']}"]
+    assert "not the model's robustness" in figure.axes[0].get_title()

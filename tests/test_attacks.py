@@ -13,7 +13,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ardir_tf.attacks import fgsm, objectives, pgd, project, validate
+from ardir_tf.attacks import fgsm, objectives, pgd, primitives, project, validate
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -261,9 +261,9 @@ def test_ce_objective_matches_numpy_and_reads_logits_of_feature_outputs():
 def test_margin_hand_values():
     z = np.array([[1.0, 5.0, 3.0], [1.0, 5.0, 3.0], [2.0, 2.0, 0.0], [-4.0, -1.0, -9.0]], np.float32)
     y = np.array([1, 0, 0, 2])
-    # y=1: 3 - 5 = -2 (correct, margin 2); y=0: 5 - 1 = 4; tie: 0; y=2: -1 - (-9) = 8
-    np.testing.assert_allclose(objectives.margin(z, y).numpy(), [-2.0, 4.0, 0.0, 8.0], atol=1e-6)
-    assert objectives.margin(tf.cast(z, tf.bfloat16), y).dtype == tf.float32
+    # z_y - max_{j!=y} z_j; y=1: 5 - 3 = 2 (correct); y=0: 1 - 5 = -4; tie: 0; y=2: -9 - (-1) = -8
+    np.testing.assert_allclose(primitives.margin(z, y).numpy(), [2.0, -4.0, 0.0, -8.0], atol=1e-6)
+    assert primitives.margin(tf.cast(z, tf.bfloat16), y).dtype == tf.float32
 
 
 def test_cw_objective_is_the_margin_clipped_at_kappa():
@@ -299,8 +299,9 @@ def test_kl_objectives_match_numpy_and_hold_the_reference_fixed(name):
 def test_objectives_get_resolves_names_and_passes_callables():
     assert objectives.get("ce") is objectives.ce
     assert objectives.get("cw") is objectives.cw
-    assert objectives.get("trades") is objectives.trades
-    assert objectives.get("kl_teacher") is objectives.kl_teacher
+    # TRADES' and RSLAD's attack objectives are one KL function under two public names
+    assert objectives.get("trades") is objectives.get("kl_teacher") is objectives.get("kl") is objectives.kl
+    assert objectives.trades is objectives.kl_teacher is objectives.kl
 
     def mine(outputs, labels, reference):
         return tf.zeros(tf.shape(outputs)[:1])
@@ -594,3 +595,40 @@ def test_pgd20_at_least_as_strong_as_art(trained_small_cnn, art_classifier, test
     natural = accuracy(model, x, y)
     assert 0.1 < art_acc < natural - 0.2, "eps no longer discriminates on this model"
     assert ours_acc <= art_acc + 0.01
+
+
+def test_attacks_share_one_set_of_primitives():
+    """PGD, FGSM, the objectives and every AutoAttack member use ardir_tf.attacks.primitives:
+    no module of the package re-implements a projection, a norm, a random start or the margin."""
+    import importlib
+    import inspect
+
+    from ardir_tf import attacks
+    from ardir_tf.attacks import autoattack
+
+    # the package exports the functions pgd and fgsm under their modules' names
+    pgd_module = importlib.import_module("ardir_tf.attacks.pgd")
+    fgsm_module = importlib.import_module("ardir_tf.attacks.fgsm")
+    from ardir_tf.attacks.autoattack import apgd, common, ensemble, fab, square
+    from ardir_tf.attacks.autoattack import losses as aa_losses
+
+    assert attacks.project is pgd_module.project is primitives.project
+    assert aa_losses.margin is primitives.margin
+    for module in (pgd_module, fgsm_module, objectives, apgd, common, ensemble, fab, square, aa_losses):
+        source = inspect.getsource(module)
+        for own in ("def project(", "def margin(", "def random_start(", "def _l2_norm", "def batch_norm",
+                    "clip_by_value(delta, -", "tf.random.uniform(", "tf.random.normal("):
+            assert own not in source, f"{module.__name__} defines its own {own!r}"
+    assert "primitives" in inspect.getsource(autoattack.square) and "primitives" in inspect.getsource(pgd_module)
+
+
+def test_random_start_l2_ball_and_sphere():
+    x = tf.fill([64, 4, 4, 1], 0.5)  # far from the box for eps 0.3 / 16 pixels
+    ball = primitives.random_start(x, 0.3, "l2", "uniform", tf.constant([1, 2]))
+    sphere = primitives.random_start(x, 0.3, "l2", "uniform", tf.random.Generator.from_seed(1), l2_radius="sphere")
+    ball_norm = primitives.per_example_norm(ball - x, "l2").numpy()
+    assert ball_norm.max() <= 0.3 + 1e-6 and ball_norm.min() < 0.29  # inside, not all on the sphere
+    np.testing.assert_allclose(primitives.per_example_norm(sphere - x, "l2").numpy(), 0.3, rtol=1e-5)
+    linf = primitives.random_start(x, 0.3, "linf", "uniform", tf.constant([1, 2]))
+    assert np.abs(linf - x).max() <= 0.3 + 1e-6 and np.abs(linf - x).max() > 0.25
+    np.testing.assert_array_equal(primitives.random_start(x, 0.3, "linf", "none"), x)

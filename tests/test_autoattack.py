@@ -22,9 +22,10 @@ import tensorflow as tf
 
 from ardir_tf import evaluate as evaluate_lib
 from ardir_tf import report
+from ardir_tf.attacks import primitives
 from ardir_tf.attacks.autoattack import (
-    APGD, AutoAttack, FABTargeted, Square, checkpoints, halve_step, losses, p_schedule, project_hyperplane_box,
-    square_side,
+    APGD, FAB, MEMBERS, VERSIONS, AutoAttack, FABTargeted, Square, checkpoints, halve_step, losses, p_schedule,
+    project_hyperplane_box, square_side,
 )
 from ardir_tf.attacks.autoattack import square as square_lib
 
@@ -210,7 +211,7 @@ def _linear_problem(norm, eps, n=24, seed=0):
     return model, x[keep], y[keep], worst[keep] > 0
 
 
-@pytest.mark.parametrize("member", ["apgd-ce", "apgd-t", "fab-t", "square"])
+@pytest.mark.parametrize("member", MEMBERS)
 def test_members_are_exact_on_a_linear_model(member):
     model, x, y, robust = _linear_problem("linf", 0.15)
     assert 0 < robust.sum() < len(robust)
@@ -238,6 +239,113 @@ def test_members_l2_stay_in_the_ball_and_break_a_linear_model(member):
     # need less than 40% of the budget's alignment with w
     reach = 0.5 if member != "square" else 0.2
     assert np.all(~result.robust[distance < reach])
+
+
+def _one_survivor_batches(x, y, robust):
+    """Index sets of 1, 2 and 5 examples, each holding exactly one robust example (the others are
+    broken by the first member, so exactly one example reaches the later members)."""
+    keep = int(np.flatnonzero(robust)[0])
+    others = [int(i) for i in np.flatnonzero(~robust)[:4]]
+    return [[keep], [keep, others[0]], [keep] + others]
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_every_member_runs_on_a_batch_of_one_and_on_a_remainder_of_one(member):
+    # the first compiled call gets one example (this crashed FAB-T and Square: a (1, ...) loop
+    # variable became (None, ...) inside tf.while_loop); then 2, then 5 in batches of 2 (2 + 2 + 1)
+    model, x, y, robust = _linear_problem("linf", 0.15)
+    aa = AutoAttack(model, attacks=[member], square_queries=300, apgd_steps=20, fab_steps=20, batch_size=2)
+    for idx in [[int(np.flatnonzero(~robust)[0])], *_one_survivor_batches(x, y, robust)]:
+        result = aa.run(x[idx], y[idx], 0.15)
+        np.testing.assert_array_equal(result.robust, robust[idx])
+        assert np.abs(result.x_adv - x[idx]).max() <= 0.15 + 1e-6
+
+
+@pytest.mark.parametrize("version", ["standard", "plus", "rand"])
+def test_ensemble_runs_on_a_batch_of_one_and_when_one_example_reaches_a_member(version):
+    model, x, y, robust = _linear_problem("linf", 0.15)
+    aa = AutoAttack(model, version=version, square_queries=100, apgd_steps=10, fab_steps=10, batch_size=2)
+    for idx in _one_survivor_batches(x, y, robust):
+        result = aa.run(x[idx], y[idx], 0.15)
+        np.testing.assert_array_equal(result.robust, robust[idx])
+        assert [r.name for r in result.records] == list(VERSIONS[version]["attacks"])
+        assert [r.attacked for r in result.records[1:]] == [1] * (len(result.records) - 1)
+
+
+def test_versions_have_the_documented_budgets():
+    standard, plus, rand = (AutoAttack(None, version=v).settings() for v in ("standard", "plus", "rand"))
+    assert standard["version"] == "standard" and standard["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert set(standard["restarts"].values()) == {1} and standard["eot_samples"] == 1
+    assert plus["version"] == "plus" and plus["attacks"] == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
+    assert plus["restarts"] == {"apgd-ce": 5, "apgd-dlr": 5, "fab": 5, "square": 5, "apgd-t": 1, "fab-t": 5}
+    assert (plus["square_queries"], plus["apgd_steps"], plus["fab_steps"], plus["targets"]) == (5000, 100, 100, 9)
+    assert rand["version"] == "rand" and rand["attacks"] == ["apgd-ce", "apgd-dlr"] and rand["eot_samples"] == 20
+    # a changed budget is not the version any more
+    assert AutoAttack(None, version="plus", square_queries=100).settings()["version"] == "custom"
+    assert AutoAttack(None, attacks=["square"]).settings()["version"] == "custom"
+    with pytest.raises(ValueError, match="unknown AutoAttack version"):
+        AutoAttack(None, version="strong")
+    with pytest.raises(ValueError, match="restarts"):
+        AutoAttack(None, restarts={"square": 0})
+
+
+def test_restarts_rerun_a_member_on_its_survivors_and_fab_restarts_from_random_points(monkeypatch):
+    model, x, y, robust = _linear_problem("linf", 0.15)
+    calls = []
+    original = FAB.__call__
+
+    def spy(self, xb, yb, epsilon, target=None, *, random_start=False):
+        calls.append((len(xb), target is None, random_start))
+        return original(self, xb, yb, epsilon, target, random_start=random_start)
+
+    monkeypatch.setattr(FAB, "__call__", spy)
+    aa = AutoAttack(model, attacks=["fab", "fab-t"], restarts={"fab": 3, "fab-t": 2}, fab_steps=10, targets=2)
+    result = aa.run(x[robust], y[robust], 0.15)  # nothing can be broken: every pass runs on every example
+    n = int(robust.sum())
+    assert result.robust.all() and [r.restarts for r in result.records] == [3, 2]
+    assert calls == [(n, True, False), (n, True, True), (n, True, True)] + [(n, False, False), (n, False, True)] * 2
+
+
+def test_fab_restart_point_lies_at_half_the_radius():
+    x = tf.fill([3, 4, 4, 1], 0.5)  # far from the box: no clipping
+    for norm in ("linf", "l2"):
+        fab = FAB(None, norm=norm, seed=1)
+        start = fab._restart_point(x, tf.constant(0.2))
+        np.testing.assert_allclose(primitives.per_example_norm(start - x, norm).numpy(), 0.1, rtol=1e-5)
+        assert not np.allclose(start[0], start[1])
+
+
+def test_untargeted_fab_takes_the_nearest_hyperplane():
+    # z = (0, 8 x_0 - 5, 2 x_1 - 2, -100); at x = 0.5 (z = (0, -1, -1, -100)) class 0 wins
+    kernel = np.zeros((16, 4), np.float32)
+    kernel[0, 1], kernel[1, 2] = 8.0, 2.0
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    model.layers[-1].set_weights([kernel, np.array([0.0, -5.0, -2.0, -100.0], np.float32)])
+    x = np.full((1, 4, 4, 1), 0.5, np.float32)   # z = (0, -1, -1, -100): class 0
+    fab = FAB(model, targeted=False, steps=1)
+    f, grad = fab._linearise(tf.constant(x), tf.constant([0]), tf.constant([0]))
+    # distances |f_j| / ||grad f_j||_1: class 1: 1 / 8, class 2: 1 / 2 -> class 1's hyperplane
+    np.testing.assert_allclose(f.numpy(), [-1.0], atol=1e-5)
+    np.testing.assert_allclose(grad.numpy().reshape(-1)[:2], [8.0, 0.0], atol=1e-5)
+    x_adv, broken = fab(x, [0], 0.2)
+    assert broken[0] and np.argmax(model(x_adv).numpy()) == 1
+
+
+def test_apgd_eot_averages_the_gradient_over_several_model_calls():
+    model, x, y, robust = _linear_problem("linf", 0.15)
+    counter = tf.Variable(0)
+
+    def counting(points, training=False):
+        counter.assign_add(1)
+        return model(points, training=training)
+
+    steps = 5
+    for eot in (1, 4):
+        counter.assign(0)
+        APGD(counting, steps=steps, eot_samples=eot)(x[robust], y[robust], 0.15)  # nothing breaks: no early stop
+        assert int(counter.numpy()) == (steps + 1) * eot
+    with pytest.raises(ValueError, match="eot_samples"):
+        APGD(None, eot_samples=0)
 
 
 def test_ensemble_runs_each_member_on_the_survivors_only():
@@ -297,6 +405,21 @@ def test_evaluate_autoattack_schema(trained_small_cnn, mnist5k_test):
     json.dumps(results)
 
 
+@pytest.mark.parametrize("name,version", [("autoattack_plus", "plus"), ("autoattack_rand", "rand")])
+def test_evaluate_records_the_version_of_each_number(name, version):
+    # at eps 0.5 APGD-CE breaks every example of the linear problem, so the later members attack none
+    model, x, y, _ = _linear_problem("linf", 0.5)
+    results = evaluate_lib.evaluate(model, x, y, epsilon=0.5, attacks=["autoattack", name], verbose=0,
+                                    masking_check=False)
+    info = results["attacks"]
+    assert info["autoattack"]["version"] == "standard" and info[name]["version"] == version
+    assert list(info[name]["members"]) == list(VERSIONS[version]["attacks"])
+    assert info[name]["members"]["apgd-ce"]["restarts"] == (5 if version == "plus" else 1)
+    ra = results["robust_accuracy"]
+    assert ra[name] == ra["autoattack"] == 0.0 and f"{name}/apgd-dlr" in ra
+    json.dumps(results)
+
+
 def test_evaluate_single_members(trained_small_cnn, mnist5k_test):
     x, y = mnist5k_test
     results = evaluate_lib.evaluate(trained_small_cnn, x[:10], y[:10], epsilon=0.3, attacks=["apgd-ce", "apgd-t"],
@@ -335,7 +458,18 @@ def test_masking_warnings():
     r = _results(autoattack=0.40, all=0.40)
     r["attacks"]["autoattack"] = {"members": {"square": {"broken": 3, "attacked": 45, "robust_accuracy": 0.4,
                                                          "seconds": 1.0}}}
-    assert any("inside AutoAttack" in w for w in report.masking_warnings(r))
+    warnings = [w for w in report.masking_warnings(r) if "inside AutoAttack" in w]
+    assert len(warnings) == 1 and "--attacks=autoattack_plus" in warnings[0] and "--epsilon=0.3" in warnings[0]
+    r["model_file"] = "runs/x/model.keras"
+    assert "python -m ardir_tf.evaluate --model=runs/x/model.keras" in report.masking_warnings(r)[0]
+    # after the plus version the warning does not send the user to plus again
+    r["attacks"] = {"autoattack_plus": {"version": "plus", "members": {
+        "apgd-ce": {"broken": 50}, "fab": {"broken": 0}, "square": {"broken": 3, "attacked": 45}}}}
+    (warning,) = report.masking_warnings(r)
+    assert "(apgd-ce, fab)" in warning and "already the plus version" in warning and "--attacks" not in warning
+    # Square alone breaking what it attacked is no masking sign
+    r["attacks"] = {"square": {"version": "custom", "members": {"square": {"broken": 30, "attacked": 45}}}}
+    assert report.masking_warnings(r) == []
     r = _results(pgd20=0.5, all=0.5)
     r["masking_check"] = {"epsilon": 0.5, "attack": "pgd50", "robust_accuracy": 0.3}
     assert any("eps=0.5" in w for w in report.masking_warnings(r))

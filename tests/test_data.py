@@ -1,4 +1,4 @@
-"""Tests of ardir_tf.data: mnist5k, npz files, tfds (mocked and not prepared), pipelines."""
+"""Tests of ardir_tf.data: its sources (mnist5k, npz files, tfds mocked and not prepared) and pipelines."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ardir_tf import data
 from ardir_tf.data import DatasetError
+import bad_files  # tests/ is on sys.path under pytest
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +287,37 @@ def test_load_mnist5k():
     assert sum(len(b[1]) for b in batches) == 1000
 
 
+def test_load_train_split_is_one_new_epoch_per_iteration():
+    """``load(..., "train", ...)`` ends after one epoch, so ``fit(ds, epochs=E)`` ends; every iteration
+    is a new order of the same examples, the same in every run with that seed."""
+    x, _ = data.load_arrays("mnist5k", "train", examples=200)
+    ds = data.load("mnist5k", "train", 64, seed=3, examples=200)
+    assert int(ds.cardinality()) == 3  # 200 // 64 full batches
+    keys = {hashlib.sha1(row.tobytes()).hexdigest(): i for i, row in enumerate(x)}
+
+    def order(dataset):
+        return [keys[hashlib.sha1(row.tobytes()).hexdigest()] for xb, _ in dataset for row in xb.numpy()]
+
+    first, second = order(ds), order(ds)
+    assert len(first) == len(set(first)) == 192 and len(set(second)) == 192
+    assert first != second  # a new epoch, not a replay of the first
+    assert order(data.load("mnist5k", "train", 64, seed=3, examples=200)) == first
+    assert order(data.load("mnist5k", "train", 64, seed=4, examples=200)) != first
+    assert len(take(data.load("mnist5k", "train", 64, examples=200, repeat=True), 7)) == 7  # goes on
+    with pytest.raises(DatasetError, match="start_epoch=1 needs repeat=True"):
+        data.load("mnist5k", "train", 64, examples=200, start_epoch=1)
+
+
+def test_fit_on_the_loaded_train_split_ends_after_the_given_epochs():
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(data.load("mnist5k", "train", 64, examples=256), epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert int(model.optimizer.iterations.numpy()) == 2 * 4
+
+
 # --------------------------------------------------------------------------------------------
 # tfds
 # --------------------------------------------------------------------------------------------
@@ -312,7 +344,7 @@ def test_tfds_mocked(name, augment, tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn_cropped"])
 def test_tfds_not_prepared_fails_fast(name, tmp_path):
-    assert not data._tfds_is_mocked()
+    assert not data.sources._tfds_is_mocked()
     t0 = time.monotonic()
     with pytest.raises(DatasetError) as e:
         data.load_arrays(name, "test", data_dir=str(tmp_path))
@@ -352,7 +384,7 @@ def test_tfds_prepared_without_mock(tmp_path):
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     except Exception as e:  # noqa: BLE001 - depends on tfds internals, not on ardir_tf
         pytest.skip(f"cannot prepare a fake MNIST with this tfds version: {e}")
-    assert not data._tfds_is_mocked()
+    assert not data.sources._tfds_is_mocked()
     info = data.get_info("mnist", data_dir=data_dir)
     assert (info.num_train, info.num_test, info.num_classes) == (30, 20, 10)
     for s in ("train", "test"):
@@ -550,3 +582,136 @@ def test_npz_property(case):
         expected = xs.astype(np.float64) / (255.0 if scale_255 else 1.0)
         np.testing.assert_allclose(x.reshape(expected.shape), expected, atol=1e-6)
         np.testing.assert_array_equal(y, ys)
+
+
+# --------------------------------------------------------------------------------------------
+# safety and properties of the pipelines
+# --------------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling it runs ``os.mkdir(path)``: the stand-in for arbitrary code in a data file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_arrays_load_without_pickle(tmp_path):
+    """An npz whose array unpickles into code is refused, and the code does not run."""
+    marker = tmp_path / "payload_ran"
+    path = bad_files.save_npz(tmp_path / "objects.npz", x_test=np.array([_Payload(str(marker))] * 6, dtype=object))
+    for load in (lambda: data.get_info(f"npz:{path}"), lambda: data.load_arrays(f"npz:{path}", "test")):
+        with pytest.raises(DatasetError, match="pickled object array"):
+            load()
+    assert not marker.exists()
+    with np.load(path, allow_pickle=True) as unsafe:  # the control: with pickle the payload runs
+        unsafe["x_test"]
+    assert marker.exists()
+
+
+@st.composite
+def pipeline_cases(draw):
+    n = draw(st.integers(1, 12))
+    shape = (draw(st.integers(1, 5)), draw(st.integers(1, 5)), draw(st.sampled_from([1, 3])))
+    return (n, shape, draw(st.sampled_from([np.uint8, np.float32, np.float64])), draw(st.integers(1, n)),
+            draw(st.sampled_from(data.AUGMENTATIONS)), draw(st.integers(0, 3)), draw(st.integers(0, 2**31 - 1)))
+
+
+def _images(rng, n, shape, dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return rng.integers(0, 256, (n, *shape)).astype(np.uint8)
+    x = rng.uniform(0, 1, (n, *shape))
+    x.flat[0], x.flat[-1] = 0.0, 1.0
+    return x.astype(dtype)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipeline_cases())
+def test_train_dataset_property(case):
+    n, shape, dtype, batch, augment, start, seed = case
+    rng = np.random.default_rng(seed)
+    x = _images(rng, n, shape, dtype)
+    unit = x.astype(np.float32) / np.float32(255) if dtype == np.uint8 else x.astype(np.float32)
+    y = np.arange(n)  # the label names the example, so every image can be traced back
+    steps = data.steps_per_epoch(n, batch)
+    later = data.train_dataset(x, y, batch, seed=seed, augment=augment, start_epoch=start)
+    batches = [(a.numpy(), b.numpy()) for a, b in later.take(2 * steps)]
+    for epoch in (batches[:steps], batches[steps:]):
+        labels = np.concatenate([b for _, b in epoch])
+        assert len(labels) == steps * batch and len(set(labels.tolist())) == len(labels)  # no repeats in an epoch
+    for images, labels in batches:
+        assert images.shape == (batch, *shape) and images.dtype == np.float32 and labels.dtype == np.int32
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        for image, label in zip(images, labels):
+            if augment is None:
+                np.testing.assert_array_equal(image, unit[label])
+            else:  # a shifted (and maybe mirrored) crop of the zero-padded image: no new values
+                assert set(np.unique(image)) <= set(np.unique(unit[label])) | {0.0}
+    # Resuming at epoch `start` yields exactly the batches of the uninterrupted pipeline.
+    whole = data.train_dataset(x, y, batch, seed=seed, augment=augment).skip(start * steps).take(steps)
+    for (a, b), (c, d) in zip(batches, whole):
+        np.testing.assert_array_equal(a, c.numpy())
+        np.testing.assert_array_equal(b, d.numpy())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipeline_cases(), st.integers(1, 15))
+def test_eval_dataset_property(case, batch):
+    n, shape, dtype, _, _, _, seed = case
+    x = _images(np.random.default_rng(seed), n, shape, dtype)
+    y = np.random.default_rng(seed).integers(0, 10, n)
+    batches = [(a.numpy(), b.numpy()) for a, b in data.eval_dataset(x, y, batch)]
+    assert [len(b) for _, b in batches] == [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    images = np.concatenate([a for a, _ in batches])
+    expected = x.astype(np.float32) / np.float32(255) if dtype == np.uint8 else x.astype(np.float32)
+    np.testing.assert_array_equal(images, expected)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), y)
+    assert images.dtype == np.float32 and batches[0][1].dtype == np.int32
+
+
+BAD_PIPELINE_INPUTS = ["rank3", "rank5", "labels_2d", "labels_short", "labels_float", "float_above_1",
+                       "float_negative", "int64_images", "batch_zero", "batch_too_big", "augment", "start_epoch"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pipeline_cases(), st.sampled_from(BAD_PIPELINE_INPUTS), st.sampled_from(["train", "eval"]))
+def test_pipelines_refuse_bad_input_with_one_line(case, bad, pipeline):
+    n, shape, dtype, batch, augment, start, seed = case
+    rng = np.random.default_rng(seed)
+    x, y = _images(rng, n, shape, np.float32), rng.integers(0, 10, n)
+    kwargs = dict(augment=augment, start_epoch=start)
+    if bad == "rank3":
+        x = x[..., 0]
+    elif bad == "rank5":
+        x = x[..., None]
+    elif bad == "labels_2d":
+        y = y[:, None]
+    elif bad == "labels_short":
+        y = y[:-1]
+    elif bad == "labels_float":
+        y = y.astype(np.float32)
+    elif bad == "float_above_1":
+        x.flat[-1] = 1.5
+    elif bad == "float_negative":
+        x.flat[0] = -0.25
+    elif bad == "int64_images":
+        x = (x * 255).astype(np.int64)
+    elif bad == "batch_zero":
+        batch = 0
+    elif bad == "batch_too_big":
+        batch = n + 1
+    elif bad == "augment":
+        kwargs["augment"] = "rotate"
+    else:
+        kwargs["start_epoch"] = -1
+    if pipeline == "eval" and bad in ("batch_too_big", "augment", "start_epoch"):
+        return  # an evaluation batch may exceed the data; augmentation and epochs are training-only
+    with pytest.raises(DatasetError) as err:
+        if pipeline == "train":
+            data.train_dataset(x, y, batch, seed=seed, **kwargs)
+        else:
+            data.eval_dataset(x, y, batch)
+    assert "\n" not in str(err.value)

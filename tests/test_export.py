@@ -106,7 +106,7 @@ def session(bundle):
 
 # ----------------------------------------------------------------------------------- the bundle
 def test_bundle_files_and_model_card(bundle, workdir):
-    for name in ("saved_model/saved_model.pb", "model.onnx", "model_card.json", "BUILD.md", "predict.py"):
+    for name in ("saved_model/saved_model.pb", "model.onnx", "model_card.json", "BUILD.md", "predict.py", "images.py"):
         assert (bundle / name).is_file(), name
     assert not [p for p in os.listdir(bundle.parent) if ".tmp-" in p or ".old-" in p]
     card = json.loads((bundle / "model_card.json").read_text())
@@ -130,6 +130,10 @@ def test_bundle_files_and_model_card(bundle, workdir):
                  v["adversarial"]["saved_model"], v["attack_signature"]["onnx"]):
         assert part["max_abs_logit_diff"] < TOLERANCE and part["top1_agreement"] == 1.0
     assert v["attack_signature"]["within_ball"] and v["attack_signature"]["in_unit_range"]
+    for name in ("fgsm", "pgd", "cw"):  # the demo's signatures reproduce the library's attacks
+        assert v["attack_signatures"][name]["differing_pixels"] <= 0.01, v["attack_signatures"]
+    assert set(card["artifacts"]["saved_model"]["signatures"]) == {"serving_default", "features", "attack", "fgsm",
+                                                                   "pgd", "cw"}
     assert card["artifacts"]["onnx"]["sha256"] == hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
 
 
@@ -192,6 +196,45 @@ def test_attack_signature_stays_in_the_ball_and_fools_the_model(loaded, session,
     np.testing.assert_array_equal(zero["adversarial_images"].numpy(), x[:4])
 
 
+def test_attack_signatures_are_the_library_attacks(loaded, keras_model, mnist_test):
+    """``fgsm``, ``pgd`` and ``cw`` (the demo's attacks) compute what ``ardir_tf.attacks`` computes on
+    the Keras model from the same inputs and seed, and lower its accuracy."""
+    from ardir_tf.attacks.fgsm import fgsm
+    from ardir_tf.attacks.pgd import pgd
+
+    x, y = tf.constant(mnist_test[0][UNSEEN][:64]), tf.constant(mnist_test[1][UNSEEN][:64], tf.int32)
+    seed = tf.constant([7, 3], tf.int64)
+    eps, step = tf.constant(EPSILON), tf.constant(EPSILON / 4)
+
+    def sig(name, **kw):
+        return loaded.signatures[name](images=x, labels=y, epsilon=eps, **kw)["adversarial_images"].numpy()
+
+    iterative = dict(step_size=step, steps=tf.constant(10), seed=seed)
+    got = {"fgsm": sig("fgsm"), "pgd": sig("pgd", **iterative), "cw": sig("cw", **iterative)}
+    ref = {"fgsm": fgsm(keras_model, x, y, epsilon=EPSILON).numpy()}
+    for name, objective in (("pgd", "ce"), ("cw", "cw")):
+        ref[name] = tf.function(lambda o=objective: pgd(keras_model, x, y, epsilon=EPSILON, step_size=EPSILON / 4,
+                                                        steps=10, random_start="uniform", objective=o,
+                                                        seed=seed))().numpy()
+    clean = np.mean(np.argmax(keras_model(x, training=False).numpy(), -1) == y.numpy())
+    for name in got:
+        diff = np.abs(got[name] - ref[name])
+        print(f"{name}: max |signature - library| {diff.max():.2e}, pixels differing {np.mean(diff > 1e-6):.4f}")
+        assert np.mean(diff > 1e-6) <= 0.001, name
+        assert np.max(np.abs(got[name] - x.numpy())) <= EPSILON + 1e-6
+        robust = np.mean(np.argmax(keras_model(got[name], training=False).numpy(), -1) == y.numpy())
+        assert robust < clean - 0.2, (name, clean, robust)
+    # The seed is the random start's: the same seed repeats the images, another one does not.
+    np.testing.assert_array_equal(sig("pgd", **iterative), got["pgd"])
+    other = sig("pgd", **dict(iterative, seed=tf.constant([8, 3], tf.int64)))
+    assert np.mean(np.abs(other - got["pgd"]) > 1e-6) > 0.1
+    # steps=0 returns the random start, inside the ball; epsilon 0 returns the images unchanged.
+    start = sig("cw", **dict(iterative, steps=tf.constant(0)))
+    assert 0 < np.max(np.abs(start - x.numpy())) <= EPSILON + 1e-6
+    zero = loaded.signatures["pgd"](images=x, labels=y, epsilon=tf.constant(0.0), **iterative)
+    np.testing.assert_array_equal(zero["adversarial_images"].numpy(), x.numpy())
+
+
 # ------------------------------------------------------------------------------- bad inputs
 GOOD = np.full((2, 28, 28, 1), 0.5, np.float32)
 
@@ -224,6 +267,24 @@ def test_attack_signature_rejects_bad_arguments(loaded, labels, epsilon, steps, 
         loaded.signatures["attack"](images=tf.constant(GOOD), labels=tf.constant(labels, tf.int32),
                                     epsilon=tf.constant(epsilon, tf.float32), steps=tf.constant(steps, tf.int32))
     assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("step_size, seed, message", [
+    (-0.1, [0, 0], "step_size must be a finite number >= 0"),
+    (float("nan"), [0, 0], "step_size must be a finite number >= 0"),
+    (0.1, [0], "seed must be two int64 numbers, shape [2]"),
+    ([0.1, 0.1], [0, 0], "step_size must be a float32 scalar"),
+])
+def test_pgd_and_cw_signatures_reject_bad_arguments(loaded, step_size, seed, message):
+    for name in ("pgd", "cw"):
+        with pytest.raises(tf.errors.InvalidArgumentError) as err:
+            loaded.signatures[name](images=tf.constant(GOOD), labels=tf.constant([1, 2], tf.int32),
+                                    epsilon=tf.constant(0.1), step_size=tf.constant(step_size, tf.float32),
+                                    steps=tf.constant(2), seed=tf.constant(seed, tf.int64))
+        assert message in str(err.value), str(err.value)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"epsilon must lie in \[0, 1\]"):
+        loaded.signatures["fgsm"](images=tf.constant(GOOD), labels=tf.constant([1, 2], tf.int32),
+                                  epsilon=tf.constant(2.0))
 
 
 @pytest.mark.parametrize("images, message", [

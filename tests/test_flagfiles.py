@@ -1,5 +1,5 @@
-"""The shipped CIFAR-10 flagfiles: they hold the reference settings of shared/method.md and each
-runs a few steps on mock CIFAR-10 data (tfds.testing.mock_data)."""
+"""The shipped CIFAR-10 flagfiles: they hold the reference settings of docs/methods.md, set only
+flags their method uses, and each runs a few steps on mock CIFAR-10 data (tfds.testing.mock_data)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ REFERENCE = {
     "ard.flags": dict(method="ard", epochs=200, lr_decay_epochs=["100"], temperature=30.0, alpha=1.0,
                       kl_reduction="elementmean", attack_bn_training=True, random_start="uniform"),
     "rslad.flags": dict(method="rslad", epochs=300, lr_decay_epochs=["215", "260", "285"], random_start="normal",
-                        attack_bn_training=False),
+                        attack_bn_training=False, kl_reduction="elementmean", rslad_adversarial_weight=5 / 6),
     "iad.flags": dict(method="iad", epochs=200, temperature=1.0, alpha=1.0, iad_beta=0.1, iad_begin=60,
                       attack_bn_training=True),
 }
@@ -25,11 +25,29 @@ COMMON = dict(dataset="cifar10", optimizer="sgd", learning_rate=0.1, momentum=0.
               weight_decay_mode="l2", batch_size=128, attack_steps=10, epsilon_warmup_epochs=0.0)
 
 
-def parse(name: str) -> dict:
+def parse(name: str, *extra: str) -> dict:
+    return parse_with_explicit(name, *extra)[0]
+
+
+def parse_with_explicit(name: str, *extra: str) -> tuple[dict, list[str]]:
+    """The settings of flagfile ``name`` (plus ``extra`` flags) and the names it sets."""
     fv = flags.FlagValues()
     train.define_flags(fv)
-    fv(["prog", f"--flagfile={cli.packaged_flagfile(name)}"])
-    return train.settings_from_flags(fv)
+    fv(["prog", f"--flagfile={cli.packaged_flagfile(name)}", *extra])
+    return train.settings_from_flags(fv), [n for n in train.settings_from_flags(fv) if fv[n].present]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_flagfile_sets_only_flags_its_method_uses(name):
+    values, explicit = parse_with_explicit(name)
+    assert "method" in explicit and "epsilon" in explicit
+    train.check_settings_used(values, explicit)  # raises for a flag the method would ignore
+
+
+def test_a_flag_added_to_a_flagfile_that_its_method_ignores_is_refused():
+    values, explicit = parse_with_explicit("rslad.flags", "--temperature=3")
+    with pytest.raises(ValueError, match="--temperature is not used by --method=rslad"):
+        train.check_settings_used(values, explicit)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))

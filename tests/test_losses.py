@@ -74,7 +74,7 @@ def test_kl_default_reduction_is_batchmean():
 
 @pytest.mark.parametrize("num_classes", [2, 10, 100])
 def test_kl_elementmean_is_batchmean_over_num_classes(num_classes):
-    """The scale pinned by shared/method.md: elementmean == batchmean / C (C times smaller)."""
+    """The scale of docs/methods.md: elementmean == batchmean / C (C times smaller)."""
     a, b = logits(b=4, c=num_classes), logits(b=4, c=num_classes)
     batchmean = losses.kl_divergence(a, b, temperature=2.0, reduction="batchmean").numpy()
     elementmean = losses.kl_divergence(a, b, temperature=2.0, reduction="elementmean").numpy()
@@ -151,12 +151,37 @@ def test_kl_gradient_matches_softmax_difference():
     np.testing.assert_allclose(grad, (np_softmax(b) - np_softmax(a)) / 3, atol=1e-6)
 
 
+def test_kl_elementmean_gradient_is_the_reference_one():
+    # PyTorch's mean over B*C of p (log p - log_softmax(z)): gradient (softmax(z) - p) / (B*C).
+    a, b = logits(b=3, c=4), logits(b=3, c=4)
+    zq = tf.Variable(b)
+    with tf.GradientTape() as tape:
+        loss = losses.kl_divergence(a, zq, reduction="elementmean")
+    np.testing.assert_allclose(tape.gradient(loss, zq).numpy(), (np_softmax(b) - np_softmax(a)) / 12, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction,divisor", [("batchmean", 1), ("none", 1), ("elementmean", 7)])
+def test_kl_per_example_has_the_scale_of_its_reduction(reduction, divisor):
+    """A weighted mean of per-example values (IAD's trust weights) keeps the reduction's scale:
+    the one place where elementmean divides by C."""
+    a, b = logits(), logits()
+    per = np_kl(np_softmax(a), np_softmax(b)) / divisor
+    got = losses.kl_per_example(a, b, reduction=reduction).numpy()
+    np.testing.assert_allclose(got, per, rtol=1e-5, atol=1e-7)
+    w = RNG.uniform(size=5)
+    np.testing.assert_allclose(np.mean(w * got), np.mean(w * per), rtol=1e-5)
+    if reduction != "none":
+        assert float(losses.kl_divergence(a, b, reduction=reduction)) == pytest.approx(per.mean(), rel=1e-5)
+
+
 def test_unknown_kl_reduction_raises():
     a = logits()
     with pytest.raises(ValueError, match="reduction"):
         losses.kl_divergence(a, a, reduction="mean")
     with pytest.raises(ValueError):
         losses.kl_divergence(a, a, reduction="sum")
+    with pytest.raises(ValueError, match="reduction"):
+        losses.kl_per_example(a, a, reduction="mean")
 
 
 # ---------------------------------------------------------------------------------------- CE

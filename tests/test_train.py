@@ -1,5 +1,6 @@
-"""The training CLI: shipped flagfiles, resume, and robustness of every method on a short mnist5k
-run. Bad input, crash safety and non-finite losses: test_reliability.py."""
+"""The training CLI: shipped flagfiles, resume, robustness of every method on a short mnist5k run,
+flags a method does not use, fractions and the epsilon hint. Bad input and non-finite losses:
+test_cli_errors.py; crash safety: test_checkpoints.py."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import pytest
+from absl import flags
 
-from ardir_tf import train
+from ardir_tf import cli, methods, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -153,3 +156,125 @@ def test_a_run_from_before_a_new_flag_still_resumes(tmp_path):
     train.check_settings(str(tmp_path / "same"), new)  # the new flag at its default: the same run
     with pytest.raises(ValueError, match=r"different settings \(seed\)"):
         train.check_settings(str(tmp_path / "other"), dict(new, seed=7))
+
+
+# --------------------------------------------- the command line: unused flags, fractions, epsilon
+class Outcome(NamedTuple):
+    status: int
+    err: str
+
+
+@pytest.fixture
+def train_main(monkeypatch, capsys):
+    """Runs ``python -m ardir_tf.train ARGS`` in this process (``cli.run(train.main)``, as the
+    module does after defining its flags); returns the exit status and stderr."""
+    if "method" not in flags.FLAGS:
+        train.define_flags()
+
+    def run(*args: str) -> Outcome:
+        flags.FLAGS.unparse_flags()
+        monkeypatch.setattr(sys, "argv", ["ardir_tf.train", *args])
+        with pytest.raises(SystemExit) as stop:
+            cli.run(train.main)
+        return Outcome(stop.value.code or 0, capsys.readouterr().err)
+
+    yield run
+    flags.FLAGS.unparse_flags()
+
+
+def one_error_line(outcome: Outcome) -> str:
+    lines = [line for line in outcome.err.strip().splitlines() if line.startswith("error:")]
+    assert outcome.status == 2 and len(lines) == 1 and "Traceback" not in outcome.err, outcome.err[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--method=rslad", "--temperature=2"], "--temperature is not used by --method=rslad"),
+    (["--method=pgd_at", "--kl_reduction=batchmean", "--alpha=0.5"], "--alpha, --kl_reduction are not used by --method=pgd_at (it has no settings of its own)"),
+    (["--method=ardir", "--iad_beta=0.2"], "--iad_beta is not used by --method=ardir with --ardir_base=ard"),
+    (["--method=standard", "--attack_bn_training"], "--attack_bn_training is not used by --method=standard"),
+    (["--method=trades", "--teacher_method=trades"], "--teacher_method is not used by --method=trades"),
+    (["--method=ard", "--teacher=t.keras", "--teacher_epochs=3"], "--teacher_epochs is not used by --method=ard with a given --teacher"),
+])
+def test_a_flag_the_method_does_not_use_is_refused(train_main, tmp_path, args, expected):
+    line = one_error_line(train_main(*args, f"--workdir={tmp_path / 'w'}"))
+    assert expected in line, line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("values", [
+    dict(method="ardir", ardir_base="iad", iad_beta=0.2, iad_begin=3, temperature=2.0),
+    dict(method="ardir", teacher="", teacher_method="trades", trades_beta=3.0),  # the teacher it trains uses it
+    dict(method="rslad", kl_reduction="batchmean", rslad_adversarial_weight=0.5, random_start="uniform"),
+    dict(method="iad", iad_beta=0.2, kl_reduction="batchmean", alpha=0.9),
+    dict(method="standard", epsilon=0.1, attack_steps=5, eval_attack_steps=7),
+])
+def test_flags_the_method_uses_are_accepted(values):
+    settings = dict(train.default_settings(), **values)
+    train.check_settings_used(settings, sorted(values))
+
+
+def test_defaults_never_count_as_set():
+    # default_settings() holds every method's settings; only what the user set is checked.
+    for method in train.methods.METHODS:
+        train.check_settings_used(dict(train.default_settings(), method=method), [])
+
+
+def test_epsilon_and_step_size_take_fractions(train_main, tmp_path):
+    # Fails later, at the unknown model: the fractions were parsed and validated first.
+    line = one_error_line(train_main("--method=pgd_at", "--epsilon=8/255", "--attack_step_size=2/255", "--model=nope",
+                                     f"--workdir={tmp_path}"))
+    assert "unknown model 'nope'" in line
+    assert flags.FLAGS.epsilon == pytest.approx(8 / 255) and flags.FLAGS.attack_step_size == pytest.approx(2 / 255)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--epsilon=8"], "epsilon must lie in [0, 1] for linf (>= 0 for l2), got 8 (did you mean 8/255?)"),
+    (["--epsilon=16.0"], "did you mean 16/255?"),
+    (["--epsilon=1.5"], "got 1.5"),
+    (["--epsilon=8/0"], "divides by zero"),
+    (["--epsilon=eight/255"], "not a number or a fraction"),
+    (["--attack_step_size=0"], "step size must be positive"),
+])
+def test_a_bad_epsilon_is_one_line_with_a_hint(train_main, tmp_path, args, expected):
+    line = one_error_line(train_main("--method=pgd_at", *args, f"--workdir={tmp_path / 'w'}"))
+    assert expected in line, line
+    assert "did you mean" not in line or "/255?" in line
+    if args == ["--epsilon=1.5"]:
+        assert "did you mean" not in line  # not an integer: no guess
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_l2_radius_above_1_is_not_an_error(train_main, tmp_path):
+    line = one_error_line(train_main("--method=pgd_at", "--norm=l2", "--epsilon=2", "--model=nope", f"--workdir={tmp_path}"))
+    assert "unknown model 'nope'" in line
+
+
+def test_build_trainer_passes_each_method_its_declared_settings():
+    from ardir_tf import models
+
+    student, teacher = (models.get("small_cnn", 10, (28, 28, 1), width=4) for _ in range(2))
+    s = dict(train.default_settings(), epsilon=0.3, attack_step_size=0.1, epsilon_warmup_epochs=0.0, temperature=4.0, alpha=0.5, iad_beta=0.3,
+             iad_begin=2, trades_beta=3.0, rslad_adversarial_weight=0.6, kl_reduction="batchmean", gamma=2.0)
+    ardir = train.build_trainer(dict(s, method="ardir", ardir_base="iad"), student, teacher)
+    assert ardir.output_loss == methods.IADLoss(temperature=4.0, alpha=0.5, kl_reduction="batchmean", beta=0.3, begin=2)
+    assert ardir.gamma == 2.0
+    ard = train.build_trainer(dict(s, method="ard"), student, teacher)
+    assert ard.output_loss == methods.ARDLoss(temperature=4.0, alpha=0.5, kl_reduction="batchmean")
+    rslad = train.build_trainer(dict(s, method="rslad"), student, teacher)
+    assert (rslad.adversarial_weight, rslad.kl_reduction) == (0.6, "batchmean")
+    assert train.build_trainer(dict(s, method="trades"), student, None).beta == 3.0
+    defaults = train.build_trainer(dict(train.default_settings(), method="rslad", epsilon=0.3, attack_step_size=0.1,
+                                        epsilon_warmup_epochs=0.0),
+                                   student, teacher)
+    assert defaults.kl_reduction == "elementmean"  # the reference's scale (issue 16)
+    assert defaults.attack == methods.AttackConfig(0.3, 0.1, 10, "linf", "normal", "kl_teacher", False)
+
+
+def test_fraction_flags_are_listed_in_the_train_help():
+    fv = flags.FlagValues()
+    train.define_flags(fv)
+    key_flags = {f.name for f in fv.get_key_flags_for_module(train.__name__)}
+    assert {"epsilon", "attack_step_size", "rslad_adversarial_weight", "method"} <= key_flags
+    fv(["prog", "--epsilon=8/255", "--rslad_adversarial_weight=5/6"])
+    assert fv.epsilon == 8 / 255 and fv.rslad_adversarial_weight == 5 / 6

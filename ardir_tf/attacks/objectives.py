@@ -4,8 +4,8 @@ An objective is any callable ``fn(outputs, labels, reference) -> [B]`` returning
 value per example; the attack ascends the sum. ``outputs`` is what the attacked model returns for
 ``x'`` (logits ``[B, C]``, or a list ``[logits, ir_1, ...]`` for a feature model), ``labels`` the
 ``[B]`` true labels and ``reference`` whatever fixed target the objective compares against
-(natural logits for ``trades``, teacher logits for ``kl_teacher``, ``None`` otherwise). Pass your
-own callable to :func:`ardir_tf.attacks.pgd` to attack a custom objective.
+(natural logits for ``trades``, teacher logits for ``kl_teacher``, both :func:`kl`; ``None``
+otherwise). Pass your own callable to :func:`ardir_tf.attacks.pgd` to attack a custom objective.
 """
 
 from __future__ import annotations
@@ -15,15 +15,9 @@ from typing import Any, Callable, Union
 import tensorflow as tf
 
 from ardir_tf import losses
+from ardir_tf.attacks.primitives import logits_of, margin
 
 Objective = Callable[[Any, tf.Tensor, Any], tf.Tensor]
-
-
-def logits_of(outputs: Any) -> tf.Tensor:
-    """The logits of a model output that may be ``[logits, ir_1, ...]``."""
-    if isinstance(outputs, (list, tuple)):
-        return outputs[0]
-    return outputs
 
 
 def ce(outputs: Any, labels: tf.Tensor, reference: Any = None) -> tf.Tensor:
@@ -31,36 +25,27 @@ def ce(outputs: Any, labels: tf.Tensor, reference: Any = None) -> tf.Tensor:
     return losses.cross_entropy_per_example(labels, logits_of(outputs))
 
 
-def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """``max_{j != y} z_j - z_y`` per example (float32); positive means misclassified."""
-    logits = tf.cast(logits, tf.float32)
-    num_classes = tf.shape(logits)[-1]
-    onehot = tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.float32)
-    true_logit = tf.reduce_sum(onehot * logits, axis=-1)
-    other = tf.reduce_max(logits - 1e9 * onehot, axis=-1)
-    return other - true_logit
-
-
 def cw(outputs: Any, labels: tf.Tensor, reference: Any = None, kappa: float = 50.0) -> tf.Tensor:
-    """Carlini-Wagner margin ``min(max_{j!=y} z_j - z_y, kappa)`` (CW-inf evaluation, kappa 50)."""
-    return tf.minimum(margin(logits_of(outputs), labels), kappa)
+    """Carlini-Wagner margin ``min(max_{j!=y} z_j - z_y, kappa)`` (CW-inf evaluation, kappa 50):
+    the negated :func:`ardir_tf.attacks.primitives.margin`, capped."""
+    return tf.minimum(-margin(logits_of(outputs), labels), kappa)
 
 
-def trades(outputs: Any, labels: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-    """``KL(p(S(x)) || p(S(x')))`` with the natural logits ``reference`` held fixed (TRADES)."""
+def kl(outputs: Any, labels: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    """``KL(p(reference) || p(S(x')))`` with the logits ``reference`` held fixed: the natural
+    logits for TRADES, the teacher's for RSLAD (names ``"trades"`` and ``"kl_teacher"``)."""
     return losses.kl_per_example(tf.stop_gradient(reference), logits_of(outputs))
 
 
-def kl_teacher(outputs: Any, labels: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
-    """``KL(p(T(x)) || p(S(x')))`` with the teacher logits ``reference`` held fixed (RSLAD)."""
-    return losses.kl_per_example(tf.stop_gradient(reference), logits_of(outputs))
+#: the TRADES and RSLAD names of :func:`kl` (kept as public aliases)
+trades = kl_teacher = kl
 
-
-OBJECTIVES: dict[str, Objective] = {"ce": ce, "cw": cw, "trades": trades, "kl_teacher": kl_teacher}
+OBJECTIVES: dict[str, Objective] = {"ce": ce, "cw": cw, "kl": kl, "trades": kl, "kl_teacher": kl}
 
 
 def get(objective: Union[str, Objective]) -> Objective:
-    """Resolves an objective name (``ce``, ``cw``, ``trades``, ``kl_teacher``) or passes a callable through."""
+    """Resolves an objective name (``ce``, ``cw``, ``kl``, or its aliases ``trades`` and ``kl_teacher``)
+    or passes a callable through."""
     if callable(objective):
         return objective
     if objective not in OBJECTIVES:

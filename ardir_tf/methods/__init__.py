@@ -4,11 +4,12 @@
 ``ard``, ``rslad``, ``iad``, ``ardir`` (distillation from a frozen teacher).
 """
 
-from ardir_tf.methods.ard import ARD
+from ardir_tf.methods.ard import ARD, ARDLoss
 from ardir_tf.methods.ardir import ARDIR
+from ardir_tf.methods.attack_config import AttackConfig
 from ardir_tf.methods.base import AdversarialTrainer
-from ardir_tf.methods.distill import DistillationTrainer
-from ardir_tf.methods.iad import IAD
+from ardir_tf.methods.distill import DistillationTrainer, OutputDistillationTrainer
+from ardir_tf.methods.iad import IAD, IADLoss
 from ardir_tf.methods.pgd_at import PGDAT
 from ardir_tf.methods.rslad import RSLAD
 from ardir_tf.methods.standard import Standard
@@ -25,5 +26,5 @@ def get(name: str) -> type:
     return METHODS[name]
 
 
-__all__ = ["ARD", "ARDIR", "AdversarialTrainer", "DistillationTrainer", "IAD", "METHODS", "PGDAT", "RSLAD",
-           "Standard", "TRADES", "get"]
+__all__ = ["ARD", "ARDIR", "ARDLoss", "AdversarialTrainer", "AttackConfig", "DistillationTrainer", "IAD", "IADLoss",
+           "METHODS", "OutputDistillationTrainer", "PGDAT", "RSLAD", "Standard", "TRADES", "get"]

@@ -9,14 +9,14 @@ term is a metric, so ``fit`` shows them and callbacks see them, and the step is 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf import losses
-from ardir_tf.attacks.pgd import pgd, validate
+from ardir_tf import distribute, losses
+from ardir_tf.methods.attack_config import AttackConfig
 
 
 class LossOutput(dict):
@@ -33,6 +33,9 @@ class _EpochSync(keras.callbacks.Callback):
 
 class AdversarialTrainer(keras.Model):
     """Base class of every training method.
+
+    The training attack's settings become :attr:`attack` and the per-epoch check's
+    :attr:`eval_attack`, two :class:`~ardir_tf.methods.attack_config.AttackConfig` validated once here.
 
     Args:
         student: the functional classifier being trained (``[B,H,W,C]`` in [0, 1] -> logits).
@@ -58,13 +61,19 @@ class AdversarialTrainer(keras.Model):
             function of ``(seed, i)``, so a resumed run draws exactly the noise of an uninterrupted one.
     """
 
-    #: names of the loss terms this method reports as metrics (besides ``loss``)
+    #: names of the loss terms this method reports as metrics (besides ``loss``); each is reported
+    #: as it enters the loss (with its weight and temperature factor), so they sum to ``loss``
     loss_terms: tuple[str, ...] = ()
     #: objective of the training attack (a name in :mod:`ardir_tf.attacks.objectives`)
     attack_objective: str = "ce"
     default_random_start: str = "uniform"
     #: whether this method trains on adversarial examples at all
     adversarial: bool = True
+    #: the method's own settings: name in ``python -m ardir_tf.train``'s flags (and settings.json)
+    #: -> argument of the constructor. The attack and optimizer settings are everyone's.
+    SETTINGS: ClassVar[Mapping[str, str]] = {}
+    #: settings that shape only the training attack (unused by a method without one)
+    TRAINING_ATTACK_SETTINGS: ClassVar[tuple[str, ...]] = ("random_start", "attack_bn_training", "epsilon_warmup_epochs")
 
     def __init__(
         self,
@@ -86,24 +95,19 @@ class AdversarialTrainer(keras.Model):
         **kwargs,
     ):
         super().__init__(name=name or type(self).__name__.lower(), **kwargs)
-        random_start = random_start or self.default_random_start
-        validate(epsilon, attack_step_size, attack_steps, norm, random_start)
-        if self.adversarial and attack_steps < 1:
+        self.attack = AttackConfig(
+            epsilon, attack_step_size, attack_steps, norm, random_start or self.default_random_start,
+            objective=self.attack_objective, bn_training=attack_bn_training,
+        )
+        if self.adversarial and self.attack.steps < 1:
             raise ValueError(f"attack_steps must be positive for {type(self).__name__}, got {attack_steps}")
+        self.eval_attack = AttackConfig(
+            epsilon, attack_step_size if eval_attack_step_size is None else eval_attack_step_size,
+            attack_steps if eval_attack_steps is None else eval_attack_steps, norm, "uniform",
+        )
         if l2_weight_decay < 0:
             raise ValueError(f"l2_weight_decay must be >= 0, got {l2_weight_decay}")
         self.student = student
-        self.epsilon = float(epsilon)
-        self.attack_steps = int(attack_steps)
-        self.attack_step_size = float(attack_step_size)
-        self.norm = norm
-        self.random_start = random_start
-        self.attack_bn_training = bool(attack_bn_training)
-        self.eval_attack_steps = int(attack_steps if eval_attack_steps is None else eval_attack_steps)
-        self.eval_attack_step_size = float(
-            attack_step_size if eval_attack_step_size is None else eval_attack_step_size
-        )
-        validate(epsilon, self.eval_attack_step_size, self.eval_attack_steps, norm, "uniform")
         self.l2_weight_decay = float(l2_weight_decay)
         self.monitor_natural_accuracy = bool(monitor_natural_accuracy)
         if epsilon_warmup_steps < 0:
@@ -116,6 +120,12 @@ class AdversarialTrainer(keras.Model):
         self.natural_accuracy = keras.metrics.SparseCategoricalAccuracy(name="natural_accuracy")
         self.adversarial_accuracy = keras.metrics.SparseCategoricalAccuracy(name="adversarial_accuracy")
         self.built = True  # every sub-model is a built functional model; nothing is created lazily
+
+    @classmethod
+    def settings_for(cls, values: Mapping[str, Any]) -> dict[str, str]:
+        """The method's settings (see :attr:`SETTINGS`) given the values of all settings
+        (ARDIR's depend on its ``ardir_base``)."""
+        return dict(cls.SETTINGS)
 
     # ----------------------------------------------------------------- what a method overrides
     def prepare(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, Any]:
@@ -135,14 +145,8 @@ class AdversarialTrainer(keras.Model):
         """``x'`` for this batch by the method's PGD (``None`` for non-adversarial methods)."""
         if not self.adversarial:
             return None
-        ramp = self.warmup_fraction()
-        return pgd(
-            self.attack_model(), x, y,
-            epsilon=self.epsilon * ramp, step_size=self.attack_step_size * ramp, steps=self.attack_steps,
-            norm=self.norm, random_start=self.random_start, objective=self.attack_objective,
-            reference=self.attack_reference(context), training=self.attack_bn_training,
-            seed=self.step_seed(),
-        )
+        return self.attack(self.attack_model(), x, y, reference=self.attack_reference(context), seed=self.step_seed(),
+                           scale=self.warmup_fraction())
 
     def step_seed(self) -> tf.Tensor:
         """Stateless seed ``[seed, optimizer step]`` of this step's attack noise.
@@ -190,12 +194,13 @@ class AdversarialTrainer(keras.Model):
         """
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
-    def fit(self, *args, callbacks=None, **kwargs):
+    def fit(self, *args, callbacks=None, shuffle=False, **kwargs):
         """``keras.Model.fit``; under a strategy whose ``fit`` Keras cannot run
         (``MultiWorkerMirroredStrategy``), :func:`ardir_tf.distribute.custom_fit`, which takes a
-        ``tf.data.Dataset`` of global batches and the same callbacks."""
-        from ardir_tf import distribute
-
+        ``tf.data.Dataset`` of global batches and the same callbacks. ``shuffle`` defaults to
+        ``False``: a ``tf.data`` pipeline shuffles itself (``ardir_tf.data``), and Keras warns
+        about ``shuffle=True`` with one."""
+        kwargs["shuffle"] = shuffle
         callbacks = list(callbacks or [])
         if not any(isinstance(c, _EpochSync) for c in callbacks):
             callbacks.append(_EpochSync())
@@ -245,11 +250,7 @@ class AdversarialTrainer(keras.Model):
         x, y = data[0], data[1]
         x = tf.cast(x, tf.float32)
         natural = self.student(x, training=False)
-        x_adv = pgd(
-            self.student, x, y, epsilon=self.epsilon, step_size=self.eval_attack_step_size,
-            steps=self.eval_attack_steps, norm=self.norm, random_start="uniform",
-            objective="ce", training=False, seed=self.seed_generator,
-        )
+        x_adv = self.eval_attack(self.student, x, y, seed=self.seed_generator)
         adversarial = self.student(x_adv, training=False)
         # Per example: the mean stays exact when replicas get unequal (or empty) shards of a last batch.
         self._trackers["loss"].update_state(losses.cross_entropy_per_example(y, adversarial))

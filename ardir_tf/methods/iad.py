@@ -10,12 +10,15 @@ before ``begin`` it is ARD. ``x'`` by PGD on ``CE(S(x'), y)``.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, ClassVar, Optional
+
+import keras
 import tensorflow as tf
 
 from ardir_tf import losses
-from ardir_tf.methods.ard import ard_output_loss, validate_distillation
-from ardir_tf.methods.base import LossOutput
-from ardir_tf.methods.distill import DistillationTrainer
+from ardir_tf.methods.ard import ARDLoss
+from ardir_tf.methods.distill import OutputDistillationTrainer
 
 
 def trust_weights(teacher_adversarial_logits: tf.Tensor, labels: tf.Tensor, beta: float) -> tf.Tensor:
@@ -25,93 +28,82 @@ def trust_weights(teacher_adversarial_logits: tf.Tensor, labels: tf.Tensor, beta
     return tf.stop_gradient(tf.pow(p_true, beta))
 
 
-def teacher_logits_when(active: tf.Tensor, teacher, x_adv: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
-    """``T(x')`` as float32 when ``active`` (epoch >= begin), else zeros shaped like ``like``:
-    before ``begin`` the trust weights are unused, so the teacher pass is skipped (``tf.cond``)."""
-    return tf.cond(
-        active,
-        lambda: tf.cast(teacher(x_adv, training=False), tf.float32),
-        lambda: tf.zeros_like(tf.cast(like, tf.float32)),
-    )
-
-
-def iad_output_loss(
-    teacher_logits: tf.Tensor,
-    teacher_adversarial_logits: tf.Tensor,
-    adversarial_logits: tf.Tensor,
-    natural_logits: tf.Tensor,
-    labels: tf.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-    beta: float,
-    kl_reduction: str,
-    active: tf.Tensor,
-) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """IAD-I's objective and terms (``kl``, ``introspection``, ``ce`` when ``alpha < 1``).
-
-    ``active`` (bool scalar) switches the introspection term on (epoch >= begin). Both KL terms use
-    ``kl_reduction``; for ``elementmean`` the per-example introspection KL is divided by ``C`` too.
-    ``teacher_adversarial_logits`` is only read when ``active``: :func:`teacher_logits_when`
-    computes it without a teacher pass before ``begin``.
-    """
-    loss, terms = ard_output_loss(
-        teacher_logits, adversarial_logits, natural_logits, labels,
-        temperature=temperature, alpha=alpha, kl_reduction=kl_reduction,
-    )
-    w = trust_weights(teacher_adversarial_logits, labels, beta)
-    per_example = losses.kl_per_example(natural_logits, adversarial_logits)
-    introspection = tf.reduce_mean((1.0 - w) * per_example)
-    if kl_reduction == "elementmean":
-        introspection = introspection / tf.cast(tf.shape(natural_logits)[-1], tf.float32)
-    introspection = tf.where(active, introspection, 0.0)
-    terms["introspection"] = introspection
-    return loss + alpha * introspection, terms
-
-
-class IAD(DistillationTrainer):
-    """IAD-I.
+@dataclasses.dataclass(frozen=True)
+class IADLoss(ARDLoss):
+    """IAD-I's output loss: :class:`~ardir_tf.methods.ard.ARDLoss` plus the introspection term
+    from epoch ``begin`` on. A component of :class:`IAD` and of ARDIR (``base="iad"``).
 
     Defaults follow the reference: ``temperature=1``, ``alpha=1``, ``beta=0.1``, ``begin=60`` (of
-    200 epochs), KL ``elementmean`` as in the ARD code it builds on. Like that code, the student's
-    natural pass runs in training mode on every step (the introspection term and CE need it).
-    The teacher's pass on ``x'`` (for the trust weights) runs only from ``begin`` on.
+    200 epochs), both KL terms ``elementmean`` as in the ARD code it builds on.
+
+    Fields: those of :class:`~ardir_tf.methods.ard.ARDLoss`, and
+        beta: exponent (>= 0) of the trust weights.
+        begin: first epoch (0-based, as ``fit`` counts) with the introspection term.
+    """
+
+    temperature: float = 1.0
+    beta: float = 0.1
+    begin: int = 60
+
+    SETTINGS: ClassVar[dict[str, str]] = {**ARDLoss.SETTINGS, "iad_beta": "beta", "iad_begin": "begin"}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta < 0 or self.begin < 0:
+            raise ValueError(f"beta and begin must be >= 0, got beta={self.beta}, begin={self.begin}")
+        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "begin", int(self.begin))
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return ("kl", "introspection") + (("ce",) if self.alpha < 1 else ())
+
+    @property
+    def needs_natural(self) -> bool:
+        return True  # the introspection term reads S(x) (in training mode, as the reference code)
+
+    def __call__(self, teacher_logits: tf.Tensor, adversarial_logits: tf.Tensor, natural_logits: Optional[tf.Tensor],
+                 labels: tf.Tensor, *, teacher_adversarial: Optional[Callable[[], tf.Tensor]] = None,
+                 epoch: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """``(loss, terms)``: ARD's terms and ``introspection`` (``alpha mean_i[(1 - w_i) KL_i]``,
+        zero before ``begin``), each as it enters the loss.
+
+        ``teacher_adversarial()`` returns ``T(x')`` and is called only from epoch ``begin`` on
+        (``tf.cond``): before it the trust weights are unused and the teacher pass is skipped.
+        """
+        loss, terms = super().__call__(teacher_logits, adversarial_logits, natural_logits, labels)
+        active = epoch >= self.begin
+        teacher_adversarial_logits = tf.cond(
+            active,
+            lambda: tf.cast(teacher_adversarial(), tf.float32),
+            lambda: tf.zeros_like(tf.cast(teacher_logits, tf.float32)),
+        )
+        w = trust_weights(teacher_adversarial_logits, labels, self.beta)
+        per_example = losses.kl_per_example(natural_logits, adversarial_logits, reduction=self.kl_reduction)
+        introspection = tf.where(active, tf.reduce_mean((1.0 - w) * per_example), 0.0)
+        terms["introspection"] = self.alpha * introspection
+        return loss + terms["introspection"], terms
+
+
+class IAD(OutputDistillationTrainer):
+    """IAD-I: :class:`IADLoss` on PGD (CE) adversarial examples.
+
+    Like the reference code, the student's natural pass runs in training mode on every step (the
+    introspection term and CE need it). The teacher's pass on ``x'`` (for the trust weights) runs
+    only from ``begin`` on.
 
     Args:
         student: the network being trained.
         teacher: the frozen robust teacher.
-        temperature: ``t`` of the distillation term.
-        alpha: weight of the distillation and introspection terms; ``1 - alpha`` weighs CE.
-        beta: exponent of the trust weights.
-        begin: first epoch (0-based, as ``fit`` counts) with the introspection term.
-        kl_reduction: ``"elementmean"`` (reference) or ``"batchmean"``.
+        temperature, alpha, beta, begin, kl_reduction: those of :class:`IADLoss` (its defaults:
+            the reference's).
         **kwargs: those of :class:`~ardir_tf.methods.base.AdversarialTrainer`.
     """
 
-    def __init__(self, student, teacher, temperature: float = 1.0, alpha: float = 1.0, beta: float = 0.1,
-                 begin: int = 60, kl_reduction: str = "elementmean", **kwargs):
-        validate_distillation(temperature, alpha, kl_reduction)
-        if beta < 0 or begin < 0:
-            raise ValueError(f"beta and begin must be >= 0, got beta={beta}, begin={begin}")
-        self.loss_terms = ("kl", "introspection") + (("ce",) if alpha < 1 else ())
-        super().__init__(student, teacher, **kwargs)
-        self.temperature, self.alpha, self.beta = float(temperature), float(alpha), float(beta)
-        self.begin, self.kl_reduction = int(begin), kl_reduction
+    SETTINGS = IADLoss.SETTINGS
 
-    def prepare(self, x, y):
-        return {"teacher_logits": self.teacher(x, training=False)}
-
-    def introspection_active(self) -> tf.Tensor:
-        return self.epoch >= self.begin
-
-    def method_loss(self, x, y, x_adv, context):
-        adversarial = self.student(x_adv, training=True)
-        natural = self.student(x, training=True)
-        loss, terms = iad_output_loss(
-            context["teacher_logits"],
-            teacher_logits_when(self.introspection_active(), self.teacher, x_adv, context["teacher_logits"]),
-            adversarial, natural, y,
-            temperature=self.temperature, alpha=self.alpha, beta=self.beta,
-            kl_reduction=self.kl_reduction, active=self.introspection_active(),
-        )
-        return LossOutput(loss=loss, terms=terms, natural_logits=natural, adversarial_logits=adversarial)
+    def __init__(self, student: keras.Model, teacher: keras.Model, temperature: float = IADLoss.temperature,
+                 alpha: float = IADLoss.alpha, beta: float = IADLoss.beta, begin: int = IADLoss.begin,
+                 kl_reduction: str = IADLoss.kl_reduction, **kwargs):
+        output_loss = IADLoss(temperature=temperature, alpha=alpha, kl_reduction=kl_reduction, beta=beta, begin=begin)
+        super().__init__(student, teacher, output_loss, **kwargs)

@@ -15,10 +15,6 @@ class Standard(AdversarialTrainer):
 
     adversarial = False
 
-    def __init__(self, student, **kwargs):
-        kwargs.setdefault("attack_steps", 10)
-        super().__init__(student, **kwargs)
-
     def method_loss(self, x, y, x_adv, context):
         logits = self.student(x, training=True)
         return LossOutput(loss=losses.cross_entropy(y, logits), terms={}, natural_logits=logits)

@@ -16,13 +16,15 @@ class TRADES(AdversarialTrainer):
 
     Args:
         student: the network being trained.
-        beta: weight of the robustness term (6 in the paper's CIFAR setting).
+        beta: weight of the robustness term (6 in the paper's CIFAR setting); the ``kl`` metric is
+            ``beta KL``, as it enters the loss.
         **kwargs: those of :class:`~ardir_tf.methods.base.AdversarialTrainer`.
     """
 
     loss_terms = ("ce", "kl")
     attack_objective = "trades"
     default_random_start = "normal"
+    SETTINGS = {"trades_beta": "beta"}
 
     def __init__(self, student, beta: float = 6.0, **kwargs):
         super().__init__(student, **kwargs)
@@ -39,9 +41,7 @@ class TRADES(AdversarialTrainer):
     def method_loss(self, x, y, x_adv, context):
         natural = self.student(x, training=True)
         adversarial = self.student(x_adv, training=True)
-        ce = losses.cross_entropy(y, natural)
-        kl = losses.kl_divergence(natural, adversarial, reduction="batchmean")
-        return LossOutput(
-            loss=ce + self.beta * kl, terms={"ce": ce, "kl": kl},
-            natural_logits=natural, adversarial_logits=adversarial,
-        )
+        terms = {"ce": losses.cross_entropy(y, natural),
+                 "kl": self.beta * losses.kl_divergence(natural, adversarial, reduction="batchmean")}
+        return LossOutput(loss=terms["ce"] + terms["kl"], terms=terms, natural_logits=natural,
+                          adversarial_logits=adversarial)

@@ -21,7 +21,10 @@ _REGISTRY: dict[str, Builder] = {}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that registers a builder ``fn(num_classes, input_shape, normalization, **kw)``."""
+    """Decorator that registers a builder ``fn(num_classes, input_shape, normalization, **kw)``.
+
+    The shipped families register themselves when ``ardir_tf.models`` imports them (a package's
+    ``__init__`` runs before any of its modules), so this module imports none of them."""
 
     def wrap(fn: Builder) -> Builder:
         _REGISTRY[name] = fn
@@ -32,7 +35,6 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 def available() -> list[str]:
     """Names accepted by :func:`get`, sorted."""
-    _import_builtin_families()
     return sorted(_REGISTRY)
 
 
@@ -59,7 +61,6 @@ def get(
     Raises:
         ValueError: unknown name or option (the message lists the known ones) or bad sizes.
     """
-    _import_builtin_families()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     if int(num_classes) < 2:
@@ -85,8 +86,3 @@ def _options(builder: Builder) -> list[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return [p.name for p in params if p.name not in ("num_classes", "input_shape", "normalization")]
-
-
-def _import_builtin_families() -> None:
-    # Imported lazily so that registering a family never depends on import order.
-    from ardir_tf.models import mobilenet_v2, resnet, small_cnn, wide_resnet  # noqa: F401

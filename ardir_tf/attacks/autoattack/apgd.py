@@ -2,7 +2,8 @@
 
 The algorithm, as in the paper (Algorithm 1), for each example independently:
 
-* ``x^0`` a random point of the ball (see :func:`common.random_start`), step size ``eta^0 = 2 eps``.
+* ``x^0`` a random point of the ball (:func:`ardir_tf.attacks.primitives.random_start`; L2: on the
+  sphere), step size ``eta^0 = 2 eps``.
 * ``x^1 = P(x^0 + eta^0 * dir(grad f(x^0)))`` (no momentum on the first step), then for ``k >= 1``::
 
       z^{k+1} = P(x^k + eta^k * dir(grad f(x^k)))
@@ -37,7 +38,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf.attacks.autoattack import common
+from ardir_tf.attacks import primitives
 from ardir_tf.attacks.autoattack import losses as losses_lib
 
 #: the paper's constants
@@ -99,24 +100,28 @@ class APGD:
         loss: ``"ce"``, ``"dlr"`` or ``"dlr_targeted"`` (the latter needs ``target`` at call time).
         steps: iterations ``N`` (100 in AutoAttack).
         rho, momentum: the paper's ``rho`` and ``alpha`` (0.75 each).
+        eot_samples: model calls averaged per gradient (1; 20 in AutoAttack "rand").
         seed: seed of the random starts.
     """
 
     def __init__(self, model: Callable, *, norm: str = "linf", loss: str = "ce", steps: int = 100,
-                 rho: float = RHO, momentum: float = MOMENTUM, seed: Optional[int] = 0):
-        common.check_norm(norm)
+                 rho: float = RHO, momentum: float = MOMENTUM, eot_samples: int = 1, seed: Optional[int] = 0):
+        primitives.check_norm(norm)
         if loss not in losses_lib.LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; use one of {sorted(losses_lib.LOSSES)}")
         self.model, self.norm, self.loss_name, self.steps = model, norm, loss, int(steps)
         self.loss_fn = losses_lib.LOSSES[loss]
         self.rho, self.momentum = float(rho), float(momentum)
+        if int(eot_samples) < 1:
+            raise ValueError(f"eot_samples must be at least 1, got {eot_samples}")
+        self.eot_samples = int(eot_samples)
         marks = checkpoints(self.steps)
         interval = np.zeros(self.steps + 1, np.int32)
         for prev, cur in zip(marks[:-1], marks[1:]):
             interval[cur] = cur - prev
         self._interval = tf.constant(interval)
         self.rng = tf.random.Generator.from_seed(0 if seed is None else int(seed))
-        self._compiled = tf.function(self._run, reduce_retracing=True)
+        self._compiled = primitives.BatchGeneric(self._run)
 
     def __call__(self, x, y, epsilon: float, target=None):
         """Attacks a batch. Returns ``(x_adv, broken)``: ``[B, ...]`` float32 points of the ball and
@@ -129,21 +134,37 @@ class APGD:
         return x_adv.numpy(), broken.numpy()
 
     def _loss_grad(self, x, y, target):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = self.model(x, training=False)
-            loss = self.loss_fn(logits, y, target)
-            total = tf.reduce_sum(loss)
-        grad = tape.gradient(total, x)
-        return tf.cast(loss, tf.float32), tf.cast(grad, tf.float32), common.predictions(logits)
+        """Loss ``[B]``, its input gradient and the predictions at ``x``. With ``eot_samples`` > 1
+        the gradient is the mean over that many model calls (expectation over transformation, for
+        randomised models); loss and predictions are those of the last call, as in the reference."""
+        def sample():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                logits = self.model(x, training=False)
+                loss = self.loss_fn(logits, y, target)
+                total = tf.reduce_sum(loss)
+            grad = tape.gradient(total, x)
+            return tf.cast(loss, tf.float32), tf.cast(grad, tf.float32), primitives.predictions(logits)
+
+        loss, grad, pred = sample()
+        if self.eot_samples == 1:
+            return loss, grad, pred
+
+        def body(i, grad_sum, loss, pred):
+            loss, grad, pred = sample()
+            return i + 1, grad_sum + grad, loss, pred
+
+        _, grad_sum, loss, pred = tf.while_loop(lambda i, *_: i < self.eot_samples, body,
+                                                (tf.constant(1), grad, loss, pred), parallel_iterations=1)
+        return loss, grad_sum / float(self.eot_samples), pred
 
     def _run(self, x, y, target, eps):
         norm = self.norm
 
         def where(mask, a, b):
-            return tf.where(common.expand(mask, a) if a.shape.rank > 1 else mask, a, b)
+            return tf.where(primitives.expand(mask, a) if a.shape.rank > 1 else mask, a, b)
 
-        x0 = common.random_start(x, eps, norm, self.rng)
+        x0 = primitives.random_start(x, eps, norm, "uniform", self.rng, l2_radius="sphere")
         loss0, grad0, pred0 = self._loss_grad(x0, y, target)
         broken0 = tf.not_equal(pred0, y)
         batch = tf.shape(x)[0]
@@ -161,9 +182,10 @@ class APGD:
         def body(s):
             k = s["k"]
             alpha = tf.where(k == 1, 1.0, self.momentum)
-            step = common.expand(s["step"], x)
-            z = common.project(x, s["x_cur"] + step * common.normalized_direction(s["grad"], norm), eps, norm)
-            x_new = common.project(
+            step = primitives.expand(s["step"], x)
+            z = primitives.project_to_threat(
+                x, s["x_cur"] + step * primitives.ascent_direction(s["grad"], norm), eps, norm)
+            x_new = primitives.project_to_threat(
                 x, s["x_cur"] + alpha * (z - s["x_cur"]) + (1.0 - alpha) * (s["x_cur"] - s["x_prev"]), eps, norm)
             loss, grad, pred = self._loss_grad(x_new, y, target)
             newly = tf.logical_and(tf.not_equal(pred, y), tf.logical_not(s["broken"]))

@@ -1,10 +1,20 @@
 """The AutoAttack ensemble: each attack runs only on the examples that survived the previous ones.
 
-``AutoAttack(model, norm="linf").run(x, y, epsilon)`` is the "standard" version of Croce & Hein
-(2020): APGD-CE (100 iterations), APGD-T (targeted DLR loss, 100 iterations for each of the 9
-classes with the largest logits after the true one), FAB-T (100 iterations per target, 9 targets)
-and Square (5,000 queries, ``p_init = 0.8``), one restart each. An example counts as robust only if
-it is classified correctly and survives every attack.
+Three versions, with the budgets of the reference implementation (fra31/auto-attack, Croce & Hein
+2020) except where noted:
+
+* ``"standard"``: APGD-CE (100 iterations), APGD-T (targeted DLR loss, 100 iterations for each of
+  the 9 classes with the largest logits after the true one), FAB-T (100 iterations per target,
+  9 targets) and Square (5,000 queries, ``p_init = 0.8``), one run each.
+* ``"plus"``: APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square
+  (5,000 queries) with 5 restarts, APGD-T (9 targets, 1 run) and FAB-T (9 targets) with 5
+  restarts, in that order. The reference runs Square and FAB-T once in "plus"; ours runs them 5
+  times, because on PGD-trained MNIST models extra Square restarts still break examples.
+* ``"rand"`` (randomised models): APGD-CE and APGD-DLR, one run each, every gradient averaged over
+  20 model calls (expectation over transformation).
+
+An example counts as robust only if it is classified correctly and survives every attack; an
+attack's result is checked with a fresh model call before the example counts as broken.
 """
 
 from __future__ import annotations
@@ -16,25 +26,36 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from ardir_tf.attacks import primitives
 from ardir_tf.attacks.autoattack import common
 from ardir_tf.attacks.autoattack.apgd import APGD
-from ardir_tf.attacks.autoattack.fab import FABTargeted
+from ardir_tf.attacks.autoattack.fab import FAB
 from ardir_tf.attacks.autoattack.square import Square
 
-STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-MEMBERS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr")
+#: members in the order of each version, their restarts (default 1) and APGD's EOT samples
+VERSIONS: dict[str, dict] = {
+    "standard": {"attacks": ("apgd-ce", "apgd-t", "fab-t", "square"), "restarts": {}, "eot_samples": 1},
+    "plus": {"attacks": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+             "restarts": {"apgd-ce": 5, "apgd-dlr": 5, "fab": 5, "square": 5, "fab-t": 5}, "eot_samples": 1},
+    "rand": {"attacks": ("apgd-ce", "apgd-dlr"), "restarts": {}, "eot_samples": 20},
+}
+STANDARD = VERSIONS["standard"]["attacks"]
+#: every member; a member's random numbers are seeded with ``seed + MEMBERS.index(name)``
+MEMBERS = ("apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab")
+TARGETED = ("apgd-t", "fab-t")
 
 
 @dataclasses.dataclass
 class AttackRecord:
-    """What one member of the ensemble did: the accuracy after it (cumulative), its seconds and
-    how many examples it attacked and broke."""
+    """What one member of the ensemble did: the accuracy after it (cumulative), its seconds,
+    how many examples it attacked and broke, and its runs per example (restarts)."""
 
     name: str
     robust_accuracy: float
     seconds: float
     attacked: int
     broken: int
+    restarts: int = 1
 
 
 @dataclasses.dataclass
@@ -59,45 +80,70 @@ class AutoAttack:
     Args:
         model: Keras classifier ``[B, H, W, C]`` in [0, 1] -> logits, called in inference mode.
         norm: ``"linf"`` or ``"l2"``.
-        attacks: members in order, any of ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``
-            (``apgd-dlr``: untargeted APGD on the DLR loss, AutoAttack's "rand" version member).
+        version: ``"standard"``, ``"plus"`` or ``"rand"`` (:data:`VERSIONS`): the members, their
+            restarts and APGD's EOT samples.
+        attacks: members in order (default: the version's), any of ``apgd-ce``, ``apgd-t``,
+            ``fab-t``, ``square``, ``apgd-dlr`` (untargeted APGD on the DLR loss) and ``fab``
+            (untargeted FAB). Giving them makes the run "custom".
+        restarts: member -> runs per example (default: the version's; 1 for members it omits).
+            Restart ``r > 0`` draws a new random start (FAB: from a random point, not ``x``).
+        eot_samples: model calls averaged per APGD gradient (default: the version's).
         apgd_steps, fab_steps: iterations per run (100).
         targets: target classes of APGD-T and FAB-T (9, capped at ``classes - 1``).
-        square_queries: Square's queries per example (5,000).
+        square_queries: Square's queries per example and run (5,000).
         batch_size: examples per compiled call.
         seed: every run with the same seed draws the same random numbers.
     """
 
-    def __init__(self, model: Callable, *, norm: str = "linf", attacks: Sequence[str] = STANDARD,
-                 apgd_steps: int = 100, fab_steps: int = 100, targets: int = 9, square_queries: int = 5000,
-                 batch_size: int = 500, seed: int = 0):
-        common.check_norm(norm)
+    def __init__(self, model: Callable, *, norm: str = "linf", version: str = "standard",
+                 attacks: Optional[Sequence[str]] = None, restarts: Optional[dict] = None,
+                 eot_samples: Optional[int] = None, apgd_steps: int = 100, fab_steps: int = 100, targets: int = 9,
+                 square_queries: int = 5000, batch_size: int = 500, seed: int = 0):
+        primitives.check_norm(norm)
+        if version not in VERSIONS:
+            raise ValueError(f"unknown AutoAttack version {version!r}; use one of {', '.join(VERSIONS)}")
+        spec = VERSIONS[version]
+        attacks = tuple(spec["attacks"] if attacks is None else attacks)
         unknown = [a for a in attacks if a not in MEMBERS]
         if unknown:
             raise ValueError(f"unknown AutoAttack member(s) {', '.join(unknown)}; use any of {', '.join(MEMBERS)}")
+        restarts = dict(spec["restarts"] if restarts is None else restarts)
+        bad = {k: v for k, v in restarts.items() if k not in MEMBERS or int(v) < 1}
+        if bad:
+            raise ValueError(f"restarts must map members to counts >= 1, got {bad}")
+        eot = spec["eot_samples"] if eot_samples is None else int(eot_samples)
+        if eot < 1:
+            raise ValueError(f"eot_samples must be at least 1, got {eot}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.model, self.norm, self.attacks = model, norm, tuple(attacks)
+        self.model, self.norm, self.attacks = model, norm, attacks
+        self.restarts = {a: int(restarts.get(a, 1)) for a in attacks}
+        self.eot_samples = eot
         self.apgd_steps, self.fab_steps, self.targets = int(apgd_steps), int(fab_steps), int(targets)
         self.square_queries, self.batch_size, self.seed = int(square_queries), int(batch_size), int(seed)
+        is_version = (attacks == spec["attacks"] and self.restarts == {a: spec["restarts"].get(a, 1) for a in attacks}
+                      and eot == spec["eot_samples"] and (self.apgd_steps, self.fab_steps, self.targets,
+                                                          self.square_queries) == (100, 100, 9, 5000))
+        #: the name of the budget: a version's only with all of its settings, else "custom"
+        self.version = version if is_version else "custom"
         self._members: dict = {}
 
     def settings(self) -> dict:
-        return {"version": "standard" if self.attacks == STANDARD else "custom", "attacks": list(self.attacks),
-                "apgd_steps": self.apgd_steps, "fab_steps": self.fab_steps, "targets": self.targets,
-                "square_queries": self.square_queries, "square_p_init": 0.8, "restarts": 1}
+        """The run's budget, recorded with every result: ``version`` (``standard``, ``plus``,
+        ``rand`` or ``custom``), members, restarts per member, iterations, targets and queries."""
+        return {"version": self.version, "attacks": list(self.attacks), "restarts": dict(self.restarts),
+                "eot_samples": self.eot_samples, "apgd_steps": self.apgd_steps, "fab_steps": self.fab_steps,
+                "targets": self.targets, "square_queries": self.square_queries, "square_p_init": 0.8}
 
     def _member(self, name: str):
         if name not in self._members:
             seed = self.seed + MEMBERS.index(name)
-            if name == "apgd-ce":
-                m = APGD(self.model, norm=self.norm, loss="ce", steps=self.apgd_steps, seed=seed)
-            elif name == "apgd-dlr":
-                m = APGD(self.model, norm=self.norm, loss="dlr", steps=self.apgd_steps, seed=seed)
-            elif name == "apgd-t":
-                m = APGD(self.model, norm=self.norm, loss="dlr_targeted", steps=self.apgd_steps, seed=seed)
-            elif name == "fab-t":
-                m = FABTargeted(self.model, norm=self.norm, steps=self.fab_steps, seed=seed)
+            if name in ("apgd-ce", "apgd-dlr", "apgd-t"):
+                loss = {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr_targeted"}[name]
+                eot = self.eot_samples if name != "apgd-t" else 1
+                m = APGD(self.model, norm=self.norm, loss=loss, steps=self.apgd_steps, eot_samples=eot, seed=seed)
+            elif name in ("fab", "fab-t"):
+                m = FAB(self.model, norm=self.norm, targeted=name == "fab-t", steps=self.fab_steps, seed=seed)
             else:
                 m = Square(self.model, norm=self.norm, queries=self.square_queries, seed=seed)
             self._members[name] = m
@@ -131,25 +177,27 @@ class AutoAttack:
         for name in self.attacks:
             start = time.perf_counter()
             attacked = np.flatnonzero(robust)
-            targeted = name in ("apgd-t", "fab-t")
-            passes = list(range(n_targets)) if targeted else [None]
-            if targeted and name == "apgd-t" and num_classes < 4:
+            targeted = name in TARGETED
+            if name == "apgd-t" and num_classes < 4:
                 raise ValueError("APGD-T's targeted DLR loss needs at least 4 classes")
             member = self._member(name)
+            runs = self.restarts[name]
+            passes = [(j, r) for j in (range(n_targets) if targeted else [None]) for r in range(runs)]
             total, done = len(attacked) * len(passes), 0
-            for j in passes:
+            for j, r in passes:
                 idx = np.flatnonzero(robust) if epsilon > 0 else np.zeros(0, np.int64)  # eps 0: nothing to find
                 done += len(attacked) - len(idx)  # dropped before this pass count as done
                 for b in range(0, len(idx), self.batch_size):
                     sel = idx[b:b + self.batch_size]
                     target = None if j is None else targets[sel, j]
+                    kwargs = {"random_start": r > 0} if name in ("fab", "fab-t") else {}
                     if name == "square" and progress is not None:  # report within a batch too
                         def report(q, base=done, n=len(sel)):
                             progress(name, base + int(n * q / self.square_queries), total)
 
-                        adv, hit = member(x[sel], y[sel], float(epsilon), target, progress=report)
-                    else:
-                        adv, hit = member(x[sel], y[sel], float(epsilon), target)
+                        kwargs["progress"] = report
+                    adv, hit = member(x[sel], y[sel], float(epsilon), target, **kwargs)
+                    hit = hit & (np.argmax(self._logits(adv), axis=-1) != y[sel])  # a fresh model call
                     hit_idx = sel[hit]
                     x_adv[hit_idx] = adv[hit]
                     robust[hit_idx] = False
@@ -159,13 +207,14 @@ class AutoAttack:
                         progress(name, done, total)
             record = AttackRecord(name=name, robust_accuracy=float(robust.mean()) if len(robust) else 0.0,
                                   seconds=round(time.perf_counter() - start, 3), attacked=int(len(attacked)),
-                                  broken=int(len(attacked) - robust.sum()))
+                                  broken=int(len(attacked) - robust.sum()), restarts=runs)
             records.append(record)
             if on_attack_end is not None:
                 on_attack_end(record)
         return AutoAttackResult(robust=robust, x_adv=x_adv, broken_by=broken_by.astype(str), records=records)
 
 
-def autoattack(model: Callable, x, y, *, epsilon: float, norm: str = "linf", **kwargs) -> AutoAttackResult:
+def autoattack(model: Callable, x, y, *, epsilon: float, norm: str = "linf", version: str = "standard",
+               **kwargs) -> AutoAttackResult:
     """One-call form of :class:`AutoAttack` (``kwargs`` go to its constructor)."""
-    return AutoAttack(model, norm=norm, **kwargs).run(x, y, epsilon)
+    return AutoAttack(model, norm=norm, version=version, **kwargs).run(x, y, epsilon)

@@ -1,9 +1,12 @@
-"""Targeted FAB attack (FAB-T; Croce & Hein, "Minimally distorted adversarial examples with a fast
-adaptive boundary attack", ICML 2020), vectorised over the batch and compiled with ``tf.function``.
+"""The FAB attack, targeted (FAB-T) and untargeted (Croce & Hein, "Minimally distorted adversarial
+examples with a fast adaptive boundary attack", ICML 2020), vectorised over the batch and compiled
+with ``tf.function``.
 
 FAB looks for the adversarial example of smallest norm. For the targeted version, with ``y`` the
 true class and ``t`` the target, each iteration linearises ``f = z_t - z_y`` at the current iterate
-``x^i`` (one forward and backward pass) and uses the hyperplane ``pi = {z : f(x^i) + <grad f(x^i), z - x^i> = 0}``::
+``x^i`` (one forward and backward pass) and uses the hyperplane
+``pi = {z : f(x^i) + <grad f(x^i), z - x^i> = 0}`` (untargeted: the ``z_j - z_y`` whose hyperplane
+is nearest, see :class:`FAB`)::
 
     delta   = proj_p(x^i,    pi, box) - x^i        (smallest step onto pi that stays in [0, 1])
     delta_o = proj_p(x_orig, pi, box) - x_orig
@@ -13,7 +16,8 @@ true class and ``t`` the target, each iteration linearises ``f = z_t - z_y`` at 
 and when ``x^{i+1}`` is misclassified it is kept if it is the closest adversarial so far, and the
 iterate moves back towards the original: ``x^{i+1} = (1 - beta) x_orig + beta x^{i+1}``.
 Constants: ``alpha_max = 0.1``, ``eta = 1.05``, ``beta = 0.9``, 100 iterations, starting at the
-natural image (AutoAttack's FAB-T runs one restart per target).
+natural image; a restart starts at a random point of half the radius (AutoAttack "standard" runs
+FAB-T once per target, "plus" runs FAB and FAB-T 5 times).
 
 The projection onto a hyperplane intersected with the box is exact (:func:`project_hyperplane_box`).
 For evaluation at a radius ``eps``, the closest adversarial found is projected onto the
@@ -27,7 +31,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from ardir_tf.attacks.autoattack import common
+from ardir_tf.attacks import primitives
 
 ALPHA_MAX = 0.1
 ETA = 1.05
@@ -87,50 +91,90 @@ def project_hyperplane_box(w: tf.Tensor, c: tf.Tensor, lower: tf.Tensor, upper: 
     return tf.where(target[:, None] > 0, delta, tf.zeros_like(delta))
 
 
-class FABTargeted:
-    """FAB-T on a Keras classifier, compiled once and reused across batches, radii and targets.
+class FAB:
+    """FAB on a Keras classifier, compiled once and reused across batches, radii and targets.
+
+    Targeted (FAB-T, ``targeted=True``): each iteration linearises ``z_t - z_y`` for the target
+    ``t`` given at call time. Untargeted (FAB, AutoAttack "plus"): each iteration linearises every
+    ``z_j - z_y`` (``j != y``; one Jacobian) and takes the hyperplane nearest to the iterate,
+    ``argmin_j |f_j| / ||grad f_j||_q`` with ``q`` the dual norm (L-inf: L1; L2: L2).
+
+    A restart (``random_start=True`` at call time) starts from ``x + eps / 2 * t / ||t||`` with
+    ``t`` uniform in ``[-1, 1]`` per pixel (L-inf, scaled so that ``||t||_inf = 1``) or normal (L2)
+    instead of from ``x``, clipped to [0, 1] (the reference implementation's restart).
 
     Args:
         model: callable ``model(x, training=False) -> logits``.
         norm: ``"linf"`` or ``"l2"``.
+        targeted: FAB-T (``True``) or untargeted FAB.
         steps: iterations (100 in AutoAttack).
         alpha_max, eta, beta: the paper's constants.
+        seed: seed of the random restarts.
     """
 
-    def __init__(self, model: Callable, *, norm: str = "linf", steps: int = 100, alpha_max: float = ALPHA_MAX,
-                 eta: float = ETA, beta: float = BETA, seed: Optional[int] = 0):
-        common.check_norm(norm)
-        self.model, self.norm, self.steps = model, norm, int(steps)
+    def __init__(self, model: Callable, *, norm: str = "linf", targeted: bool = True, steps: int = 100,
+                 alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA, seed: Optional[int] = 0):
+        primitives.check_norm(norm)
+        self.model, self.norm, self.targeted, self.steps = model, norm, bool(targeted), int(steps)
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-        self._compiled = tf.function(self._run, reduce_retracing=True)
+        self.rng = tf.random.Generator.from_seed(0 if seed is None else int(seed))
+        self._compiled = primitives.BatchGeneric(self._run)
 
-    def __call__(self, x, y, epsilon: float, target):
-        """Attacks a batch towards ``target`` ``[B]``. Returns ``(x_adv, broken)`` like APGD."""
+    def __call__(self, x, y, epsilon: float, target=None, *, random_start: bool = False):
+        """Attacks a batch (towards ``target`` ``[B]`` when targeted). Returns ``(x_adv, broken)``
+        like APGD. ``random_start``: start from a random point (a restart) instead of ``x``."""
+        if self.targeted and target is None:
+            raise ValueError("targeted FAB needs a target class per example")
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(tf.convert_to_tensor(y), tf.int32)
-        target = tf.cast(tf.convert_to_tensor(target), tf.int32)
-        x_adv, broken = self._compiled(x, y, target, tf.constant(epsilon, tf.float32))
+        target = tf.zeros_like(y) if target is None else tf.cast(tf.convert_to_tensor(target), tf.int32)
+        x_adv, broken = self._compiled(x, y, target, tf.constant(epsilon, tf.float32), tf.constant(bool(random_start)))
         return x_adv.numpy(), broken.numpy()
 
     def _linearise(self, x, y, target):
+        """``f`` ``[B]`` and its input gradient ``[B, ...]``: ``f = z_t - z_y`` (targeted), or the
+        ``z_j - z_y`` whose hyperplane is nearest (untargeted)."""
         with tf.GradientTape() as tape:
             tape.watch(x)
             logits = tf.cast(self.model(x, training=False), tf.float32)
             num = tf.shape(logits)[-1]
-            f = tf.reduce_sum((tf.one_hot(target, num) - tf.one_hot(y, num)) * logits, axis=-1)
-            total = tf.reduce_sum(f)
-        grad = tape.gradient(total, x)
+            if self.targeted:
+                f = tf.reduce_sum((tf.one_hot(target, num) - tf.one_hot(y, num)) * logits, axis=-1)
+                total = tf.reduce_sum(f)
+        if self.targeted:
+            grad = tape.gradient(total, x)
+        else:
+            jac = tape.batch_jacobian(logits, x)                                  # [B, C, ...]
+            batch = tf.shape(x)[0]
+            jac = tf.reshape(jac, [batch, num, -1])                               # [B, C, d]
+            onehot = tf.one_hot(y, num)
+            f_all = logits - tf.reduce_sum(onehot * logits, axis=-1, keepdims=True)         # z_j - z_y
+            g_all = jac - tf.reduce_sum(onehot[:, :, None] * jac, axis=1, keepdims=True)
+            g_all = tf.where(tf.math.is_finite(g_all), g_all, tf.zeros_like(g_all))
+            dual = tf.reduce_sum(tf.abs(g_all), -1) if self.norm == "linf" else tf.norm(g_all, axis=-1)
+            dist = tf.where(onehot > 0, float("inf"), tf.abs(f_all) / (dual + 1e-12))
+            nearest = tf.argmin(dist, axis=-1, output_type=tf.int32)
+            f = tf.gather(f_all, nearest, batch_dims=1)
+            grad = tf.reshape(tf.gather(g_all, nearest, batch_dims=1), tf.shape(x))
         grad = tf.where(tf.math.is_finite(grad), grad, tf.zeros_like(grad))
         return f, grad
 
-    def _run(self, x, y, target, eps):
+    def _restart_point(self, x, eps):
+        if self.norm == "linf":
+            t = primitives.random("uniform", tf.shape(x), self.rng, minval=-1.0, maxval=1.0)
+        else:
+            t = primitives.random("normal", tf.shape(x), self.rng)
+        scale = 0.5 * eps / tf.maximum(primitives.per_example_norm(t, self.norm), 1e-12)
+        return tf.clip_by_value(x + primitives.expand(scale, t) * t, 0.0, 1.0)
+
+    def _run(self, x, y, target, eps, random_start):
         norm = self.norm
         batch = tf.shape(x)[0]
         flat = lambda t: tf.reshape(t, [batch, -1])  # noqa: E731
         x_flat = flat(x)
 
         def predicted(points):
-            return common.predictions(self.model(points, training=False))
+            return primitives.predictions(self.model(points, training=False))
 
         best_norm0 = tf.fill([batch], float("inf"))
 
@@ -144,21 +188,29 @@ class FABTargeted:
             delta = project_hyperplane_box(w, -f, -cur, 1.0 - cur, norm)
             c_orig = -f - tf.reduce_sum(w * (x_flat - cur), axis=-1)
             delta_o = project_hyperplane_box(w, c_orig, -x_flat, 1.0 - x_flat, norm)
-            n_d = common.batch_norm(delta, norm)
-            n_o = common.batch_norm(delta_o, norm)
+            n_d = primitives.per_example_norm(delta, norm)
+            n_o = primitives.per_example_norm(delta_o, norm)
             alpha = tf.minimum(tf.math.divide_no_nan(n_d, n_d + n_o), self.alpha_max)[:, None]
             nxt = tf.clip_by_value(
                 (1.0 - alpha) * (cur + self.eta * delta) + alpha * (x_flat + self.eta * delta_o), 0.0, 1.0)
             x_next = tf.reshape(nxt, tf.shape(x))
             adversarial = tf.not_equal(predicted(x_next), y)
-            dist = common.batch_norm(nxt - x_flat, norm)
+            dist = primitives.per_example_norm(nxt - x_flat, norm)
             better = tf.logical_and(adversarial, dist < best_norm)
-            x_best = tf.where(common.expand(better, x), x_next, x_best)
+            x_best = tf.where(primitives.expand(better, x), x_next, x_best)
             best_norm = tf.where(better, dist, best_norm)
-            x_next = tf.where(common.expand(adversarial, x), (1.0 - self.beta) * x + self.beta * x_next, x_next)
+            x_next = tf.where(primitives.expand(adversarial, x), (1.0 - self.beta) * x + self.beta * x_next, x_next)
             return k + 1, x_next, x_best, best_norm
 
-        _, _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x, x, best_norm0), parallel_iterations=1)
-        x_adv = common.project(x, x_best, eps, norm)
+        x_start = tf.cond(random_start, lambda: self._restart_point(x, eps), lambda: x)
+        _, _, x_best, _ = tf.while_loop(cond, body, (tf.constant(0), x_start, x, best_norm0), parallel_iterations=1)
+        x_adv = primitives.project_to_threat(x, x_best, eps, norm)
         broken = tf.not_equal(predicted(x_adv), y)
         return tf.stop_gradient(x_adv), broken
+
+
+class FABTargeted(FAB):
+    """FAB-T (:class:`FAB` with ``targeted=True``), AutoAttack "standard"'s member."""
+
+    def __init__(self, model: Callable, **kwargs):
+        super().__init__(model, targeted=True, **kwargs)

@@ -1,7 +1,8 @@
 """Per-example losses of the AutoAttack ensemble (Croce & Hein 2020).
 
 Every function maps logits ``[B, C]`` (and int labels ``[B]``) to one float32 value per example.
-APGD *maximises* ``ce``, ``dlr`` and ``dlr_targeted``; Square *minimises* ``margin``.
+APGD *maximises* ``ce``, ``dlr`` and ``dlr_targeted``; Square *minimises* the margin
+``z_y - max_{i != y} z_i`` (:func:`ardir_tf.attacks.primitives.margin`, re-exported here).
 
 Let ``z`` be the logits of one example and ``pi`` the class indices sorted so that
 ``z_pi1 >= z_pi2 >= ...``.
@@ -23,6 +24,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ardir_tf.attacks.primitives import margin
+from ardir_tf.losses import cross_entropy_per_example
+
 DLR_EPS = 1e-12
 
 
@@ -38,18 +42,14 @@ def _top(logits: tf.Tensor, k: int) -> tf.Tensor:
 
 def ce(logits: tf.Tensor, labels: tf.Tensor, target: tf.Tensor | None = None) -> tf.Tensor:
     """Cross-entropy ``-log softmax(z)_y`` per example."""
-    logits = tf.cast(logits, tf.float32)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+    return cross_entropy_per_example(labels, logits)
 
 
 def dlr(logits: tf.Tensor, labels: tf.Tensor, target: tf.Tensor | None = None) -> tf.Tensor:
     """Untargeted DLR loss ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` per example."""
     logits = tf.cast(logits, tf.float32)
-    onehot = _onehot(labels, logits)
-    z_y = tf.reduce_sum(onehot * logits, axis=-1)
-    z_other = tf.reduce_max(tf.where(onehot > 0, tf.constant(-float("inf"), logits.dtype), logits), axis=-1)
     top = _top(logits, 3)
-    return -(z_y - z_other) / (top[:, 0] - top[:, 2] + DLR_EPS)
+    return -margin(logits, labels) / (top[:, 0] - top[:, 2] + DLR_EPS)
 
 
 def dlr_targeted(logits: tf.Tensor, labels: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
@@ -61,14 +61,6 @@ def dlr_targeted(logits: tf.Tensor, labels: tf.Tensor, target: tf.Tensor) -> tf.
     return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_EPS)
 
 
-def margin(logits: tf.Tensor, labels: tf.Tensor, target: tf.Tensor | None = None) -> tf.Tensor:
-    """``z_y - max_{i != y} z_i`` per example: negative exactly when the example is misclassified
-    (Square attack's loss, minimised)."""
-    logits = tf.cast(logits, tf.float32)
-    onehot = _onehot(labels, logits)
-    z_y = tf.reduce_sum(onehot * logits, axis=-1)
-    z_other = tf.reduce_max(tf.where(onehot > 0, tf.constant(-float("inf"), logits.dtype), logits), axis=-1)
-    return z_y - z_other
-
+__all__ = ["DLR_EPS", "LOSSES", "ce", "dlr", "dlr_targeted", "margin"]
 
 LOSSES = {"ce": ce, "dlr": dlr, "dlr_targeted": dlr_targeted}

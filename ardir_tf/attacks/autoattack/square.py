@@ -1,8 +1,8 @@
 """Square attack (Andriushchenko, Croce, Flammarion & Hein, ECCV 2020): score-based random search,
 L-inf and L2, vectorised over the batch and compiled with ``tf.function``.
 
-It minimises the margin ``z_y - max_{i != y} z_i`` (:func:`losses.margin`) using only the model's
-outputs: each query proposes a change of the current perturbation inside a random square window
+It minimises the margin ``z_y - max_{i != y} z_i`` (:func:`ardir_tf.attacks.primitives.margin`)
+using only the model's outputs: each query proposes a change of the current perturbation inside a random square window
 and keeps it if the margin decreases. An example is broken as soon as its margin is negative.
 
 Window size: at query ``i`` of ``N`` a fraction ``p_i`` of the pixels is changed, with
@@ -38,8 +38,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf.attacks.autoattack import common
-from ardir_tf.attacks.autoattack import losses as losses_lib
+from ardir_tf.attacks import primitives
 
 P_INIT = 0.8
 QUERIES = 5000
@@ -127,7 +126,7 @@ def linf_proposal(x, x_best, eps, mask, signs) -> tf.Tensor:
     cand = tf.clip_by_value(tf.where(mask > 0, x + eps * signs, x_best), 0.0, 1.0)
     same = tf.reduce_all(tf.equal(cand, x_best), axis=[1, 2, 3])
     flipped = tf.clip_by_value(tf.where(mask > 0, x - eps * signs, x_best), 0.0, 1.0)
-    return tf.where(common.expand(same, x), flipped, cand)
+    return tf.where(primitives.expand(same, x), flipped, cand)
 
 
 def l2_proposal(x, x_best, eps, mask1, mask2, eta_placed, signs) -> tf.Tensor:
@@ -143,7 +142,7 @@ def l2_proposal(x, x_best, eps, mask1, mask2, eta_placed, signs) -> tf.Tensor:
     mass_union = tf.reduce_sum(sq * union, axis=[1, 2], keepdims=True)                   # [B,1,1,C]
     tmp = signs * eta_placed + mask1 * delta / tf.maximum(norm_w1, 1e-12)
     tmp_norm = tf.sqrt(tf.reduce_sum(tf.square(tmp), axis=[1, 2], keepdims=True))
-    avail = tf.sqrt(mass_union + common.expand(unused, x) / channels)
+    avail = tf.sqrt(mass_union + primitives.expand(unused, x) / channels)
     new_w1 = tmp / tf.maximum(tmp_norm, 1e-12) * avail
     new_delta = tf.where(mask2 > 0, 0.0, delta)
     new_delta = tf.where(mask1 > 0, new_w1, new_delta)
@@ -162,7 +161,7 @@ def l2_initial(x, eps, rng: tf.random.Generator) -> tf.Tensor:
     signs = tf.where(signs == 0, 1.0, signs)
     grid = tf.repeat(tf.repeat(signs, tile, axis=1), tile, axis=2) * tf.tile(pat, [reps_h, reps_w])[None, :, :, None]
     grid = tf.pad(grid, [[0, 0], [0, height - reps_h * tile], [0, width - reps_w * tile], [0, 0]])
-    delta = grid * common.expand(eps / tf.maximum(common.batch_norm(grid, "l2"), 1e-12), grid)
+    delta = grid * primitives.expand(eps / tf.maximum(primitives.per_example_norm(grid, "l2"), 1e-12), grid)
     return tf.clip_by_value(x + delta, 0.0, 1.0)
 
 
@@ -180,17 +179,17 @@ class Square:
 
     def __init__(self, model: Callable, *, norm: str = "linf", queries: int = QUERIES, p_init: float = P_INIT,
                  chunk: int = 500, seed: Optional[int] = 0):
-        common.check_norm(norm)
+        primitives.check_norm(norm)
         if queries < 1:
             raise ValueError(f"Square needs at least 1 query, got {queries}")
         self.model, self.norm, self.queries, self.p_init = model, norm, int(queries), float(p_init)
         self.chunk = int(chunk)
         self.rng = tf.random.Generator.from_seed(0 if seed is None else int(seed))
-        self._init = tf.function(self._initial, reduce_retracing=True)
-        self._steps = tf.function(self._iterate, reduce_retracing=True)
+        self._init = primitives.BatchGeneric(self._initial)
+        self._steps = primitives.BatchGeneric(self._iterate)
 
     def _margin(self, points, y):
-        return losses_lib.margin(self.model(points, training=False), y)
+        return primitives.margin(self.model(points, training=False), y)
 
     def _initial(self, x, y, eps):
         if self.norm == "linf":
@@ -227,7 +226,7 @@ class Square:
             active = margin_best >= 0.0
             m = self._margin(cand, y)
             accept = tf.logical_and(active, m < margin_best)
-            x_best = tf.where(common.expand(accept, x), cand, x_best)
+            x_best = tf.where(primitives.expand(accept, x), cand, x_best)
             margin_best = tf.where(accept, m, margin_best)
             return i + 1, x_best, margin_best
 

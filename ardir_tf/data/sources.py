@@ -1,4 +1,4 @@
-"""Datasets for ardir_tf: loading, validation and deterministic, resumable input pipelines.
+"""Data sources: dataset names, their descriptions and loading whole splits into memory, validated.
 
 Everything outside the models sees images as ``float32`` tensors of shape ``[N, H, W, C]`` with
 pixels in ``[0, 1]`` and labels as ``int32`` class indices of shape ``[N]``. Mean/std
@@ -31,12 +31,6 @@ Augmentation (training only):
     4, 5, 7 or 9 is not a valid example of its class), so house-number images are never flipped.
 ``None``
     No augmentation (MNIST-like data, ``mnist5k`` and ``npz`` files).
-
-Determinism and resuming: :func:`train_dataset` draws epoch ``e``'s order with a stateless
-permutation keyed by ``(seed, e)`` and the augmentation of step ``s`` of epoch ``e`` with
-stateless random ops keyed by ``(seed, e, s)``. No state is carried from one epoch to the next,
-so a run restarted with ``start_epoch=k`` sees exactly the batches that the uninterrupted run
-sees from epoch ``k`` on.
 """
 
 from __future__ import annotations
@@ -47,20 +41,8 @@ import os
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-__all__ = [
-    "AUGMENTATIONS",
-    "DATASETS",
-    "DatasetError",
-    "DatasetInfo",
-    "eval_dataset",
-    "get_info",
-    "load",
-    "load_arrays",
-    "steps_per_epoch",
-    "train_dataset",
-]
+__all__ = ["DATASETS", "SPLITS", "DatasetError", "DatasetInfo", "get_info", "load_arrays", "load_raw"]
 
 
 class DatasetError(ValueError):
@@ -97,13 +79,9 @@ class DatasetInfo:
 DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist", "mnist5k")
 """Built-in dataset names; ``"npz:PATH"`` is accepted as well."""
 
-AUGMENTATIONS: tuple[str | None, ...] = (None, "crop", "crop_flip")
-"""Accepted values of the ``augment`` argument of :func:`train_dataset`."""
-
 SPLITS: tuple[str, ...] = ("train", "test")
 
 NPZ_PREFIX = "npz:"
-CROP_PADDING = 4  # pixels of zero padding on each side before the random crop
 
 _MAX_NPZ_CLASSES = 100_000  # sanity bound: labels must be class indices, not arbitrary ids
 
@@ -527,7 +505,7 @@ def get_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     return _tfds_info(kind, data_dir)
 
 
-def _load_raw(name: str, split: str, data_dir: str | None, examples: int | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+def load_raw(name: str, split: str, data_dir: str | None, examples: int | None) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Returns (x, y, augment); x is uint8 [N,H,W,C] (0..255) or float32 [N,H,W,C] in [0, 1]."""
     kind, path = _parse_name(name)
     split = _check_split(split)
@@ -574,186 +552,9 @@ def load_arrays(
     Raises:
       DatasetError: unknown name or split, data not downloaded, or an invalid npz file.
     """
-    x, y, _ = _load_raw(name, split, data_dir, examples)
+    x, y, _ = load_raw(name, split, data_dir, examples)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / np.float32(255.0)
     else:
         x = np.array(x, dtype=np.float32)  # a private, writable copy
     return x, np.array(y, dtype=np.int32)
-
-
-# --------------------------------------------------------------------------------------------
-# Pipelines
-# --------------------------------------------------------------------------------------------
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Number of full batches in one epoch (``num_examples // batch_size``; the remainder is dropped).
-
-    Raises:
-      DatasetError: if ``batch_size`` is not positive or larger than ``num_examples``.
-    """
-    if int(batch_size) < 1:
-        raise DatasetError(f"batch_size must be positive, got {batch_size}")
-    steps = int(num_examples) // int(batch_size)
-    if steps < 1:
-        raise DatasetError(
-            f"batch_size {batch_size} is larger than the {num_examples} training examples; lower --batch_size"
-        )
-    return steps
-
-
-def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x)
-    y = np.asarray(y)
-    if x.ndim != 4:
-        raise DatasetError(f"images must have shape [N, H, W, C], got {x.shape}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise DatasetError(f"labels must have shape [{len(x)}] to match the images, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if x.dtype == np.uint8:
-        return x, y.astype(np.int32, copy=False)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DatasetError(f"images must be uint8 (0..255) or float in [0, 1], got dtype {x.dtype}")
-    if len(x) and (float(np.min(x)) < 0.0 or float(np.max(x)) > 1.0):
-        raise DatasetError(
-            f"float images must lie in [0, 1], got [{float(np.min(x)):g}, {float(np.max(x)):g}]; divide 0..255 pixels by 255"
-        )
-    return x.astype(np.float32, copy=False), y.astype(np.int32, copy=False)
-
-
-def _to_unit_float(x: tf.Tensor) -> tf.Tensor:
-    if x.dtype == tf.uint8:
-        return tf.cast(x, tf.float32) / 255.0
-    return tf.cast(x, tf.float32)
-
-
-def _augment_batch(x: tf.Tensor, augment: str, key: tf.Tensor) -> tf.Tensor:
-    """Stateless per-example random crop (zero padding CROP_PADDING) and optional horizontal flip.
-
-    Args:
-      x: float32 ``[B, H, W, C]`` in [0, 1] with a static shape.
-      augment: ``"crop"`` or ``"crop_flip"``.
-      key: int64 ``[2]`` stateless seed; equal keys give equal augmentations.
-    """
-    b, h, w, _ = x.shape
-    p = CROP_PADDING
-    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, num=2, alg="philox"))
-    padded = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-    offsets = tf.random.stateless_uniform([b, 2], seed=crop_key, minval=0, maxval=2 * p + 1, dtype=tf.int32, alg="philox")
-    rows = offsets[:, :1] + tf.range(h)[None, :]  # [B, H]
-    cols = offsets[:, 1:] + tf.range(w)[None, :]  # [B, W]
-    out = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W + 2p, C]
-    out = tf.gather(out, cols, axis=2, batch_dims=1)  # [B, H, W, C]
-    if augment == "crop_flip":
-        flip = tf.random.stateless_uniform([b], seed=flip_key, alg="philox") < 0.5
-        out = tf.where(flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
-    return tf.ensure_shape(out, x.shape)
-
-
-def train_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    augment: str | None = None,
-    start_epoch: int = 0,
-) -> tf.data.Dataset:
-    """Infinite, deterministic and resumable training pipeline.
-
-    Epoch ``e`` (counted from 0) visits the examples in the order of a stateless permutation keyed
-    by ``(seed, e)`` (``tf.random.experimental.stateless_shuffle``, Philox); its last incomplete
-    batch is dropped. Augmentation of step ``s`` of epoch ``e`` is keyed by ``(seed, e, s)``.
-    Hence the dataset built with ``start_epoch=k`` yields exactly the batches that the one built
-    with ``start_epoch=0`` yields after ``k * steps_per_epoch(len(x), batch_size)`` batches. Use it
-    with ``model.fit(..., steps_per_epoch=len(x) // batch_size)``.
-
-    Args:
-      x: Images ``[N, H, W, C]``: uint8 (0..255, converted to float in the pipeline, which keeps
-        memory low) or float in ``[0, 1]``.
-      y: Integer labels ``[N]``.
-      batch_size: Examples per batch.
-      seed: Seed of the permutations and augmentations.
-      augment: ``None``, ``"crop"`` or ``"crop_flip"`` (see the module docstring).
-      start_epoch: First epoch to produce (for resuming).
-
-    Returns:
-      A ``tf.data.Dataset`` of ``(images, labels)``: float32 ``[B, H, W, C]`` in ``[0, 1]`` and
-      int32 ``[B]``, prefetched.
-    """
-    x, y = _check_xy(x, y)
-    if augment not in AUGMENTATIONS:
-        raise DatasetError(f"unknown augmentation {augment!r}; use one of {', '.join(map(str, AUGMENTATIONS))}")
-    if int(start_epoch) < 0:
-        raise DatasetError(f"start_epoch must be >= 0, got {start_epoch}")
-    n = len(x)
-    batch_size = int(batch_size)
-    steps = steps_per_epoch(n, batch_size)
-    x_t = tf.convert_to_tensor(x)
-    y_t = tf.convert_to_tensor(y, dtype=tf.int32)
-    seed_t = tf.constant(int(seed), dtype=tf.int64)
-
-    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-        key = tf.stack([seed_t, epoch])
-        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key, alg="philox")
-        idx = tf.reshape(perm[: steps * batch_size], [steps, batch_size])
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.fill([steps], epoch), tf.range(steps, dtype=tf.int64), idx)
-        )
-
-    def make_batch(epoch: tf.Tensor, step: tf.Tensor, idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images = _to_unit_float(tf.gather(x_t, idx))
-        labels = tf.gather(y_t, idx)
-        if augment is not None:
-            key = tf.random.experimental.stateless_fold_in(tf.stack([seed_t, epoch]), step, alg="philox")
-            images = _augment_batch(images, augment, key)
-        return images, labels
-
-    ds = tf.data.Dataset.counter(start=int(start_epoch), dtype=tf.int64).flat_map(epoch_batches)
-    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """Ordered evaluation pipeline: every example once, in order, last batch possibly smaller.
-
-    Args:
-      x: Images ``[N, H, W, C]``, uint8 (0..255) or float in ``[0, 1]``.
-      y: Integer labels ``[N]``.
-      batch_size: Examples per batch.
-
-    Returns:
-      A ``tf.data.Dataset`` of ``(images, labels)``: float32 ``[<=B, H, W, C]`` in ``[0, 1]`` and
-      int32 ``[<=B]``, prefetched.
-    """
-    x, y = _check_xy(x, y)
-    if int(batch_size) < 1:
-        raise DatasetError(f"batch_size must be positive, got {batch_size}")
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(int(batch_size))
-    ds = ds.map(lambda a, b: (_to_unit_float(a), b), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def load(
-    name: str,
-    split: str,
-    batch_size: int,
-    *,
-    seed: int = 0,
-    examples: int | None = None,
-    data_dir: str | None = None,
-    start_epoch: int = 0,
-) -> tf.data.Dataset:
-    """Loads a split and wraps it in a pipeline.
-
-    ``split="train"`` gives :func:`train_dataset` (infinite, shuffled, with the dataset's own
-    augmentation from :class:`DatasetInfo`); ``split="test"`` gives :func:`eval_dataset`. tfds
-    images are kept as uint8 in memory and converted to float32 ``[0, 1]`` in the pipeline.
-    ``seed`` and ``start_epoch`` only matter for the train split.
-    """
-    x, y, augment = _load_raw(name, split, data_dir, examples)
-    if split == "train":
-        return train_dataset(x, y, batch_size, seed=seed, augment=augment, start_epoch=start_epoch)
-    return eval_dataset(x, y, batch_size)
