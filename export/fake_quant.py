@@ -47,7 +47,7 @@ def fake_quantized_copy(model: keras.Model, calibration: np.ndarray, batch_size:
         calibration: images ``[N, H, W, C]`` in [0, 1] giving the activation ranges.
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    probe = keras.Model(model.inputs, [layer.output for layer in layers])
+    probe = keras.Model(model.inputs[0], [layer.output for layer in layers])
     ranges: dict[str, list[float]] = {}
     for i in range(0, len(calibration), batch_size):
         outs = probe(calibration[i:i + batch_size], training=False)

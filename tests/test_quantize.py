@@ -321,3 +321,21 @@ def test_predict_bad_model_arguments(tmp_path):
         proc = run(["-m", "export.predict", *args])
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error:"), proc.stderr
         assert message in proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_shows_the_quantized_files_answers(bundle):
+    """The demo opens the bundle's quantized files and reports how each classifies the clean and
+    the adversarial image (made on the float model)."""
+    from app.runtime import Bundle
+    from app.ui import Demo
+
+    out, _ = bundle
+    demo = Demo(Bundle(str(out)))
+    example = sorted((out / "examples").glob("*.png"))[0]
+    result = demo._run(str(example), "PGD", EPSILON, 10, False)
+    model = result["summary"]["models"][0]
+    assert sorted(model["quantized"]) == ["model_dynamic.tflite", "model_int8.onnx", "model_int8.tflite"]
+    for answer in model["quantized"].values():
+        assert answer["clean"]["class"] == model["clean"]["class"]
+    assert "Quantized files, same images" in result["outputs"][6]
