@@ -1,7 +1,7 @@
 """An exported bundle at run time: the SavedModel, the ONNX model, the card and the example images.
 
 Uses TensorFlow, onnxruntime, NumPy and Pillow, and of this project only the Pillow image loader
-:mod:`export.images` and the file opener of :mod:`export.predict` (both copied into the bundle):
+:mod:`export.images` and the model-file opener :mod:`export.classifiers` (both copied into the bundle):
 nothing of ``ardir_tf`` and no Keras source of the model, so the demo serves a bundle copied to a
 machine without the training library. The quantized files of ``export --quantize``
 (``model_int8.tflite`` etc., listed in the card) are opened beside the float model when present
@@ -220,7 +220,7 @@ class Bundle:
     def _quantized(self) -> dict:
         """``{file name: session}`` of the card's quantized files present in the bundle (a LiteRT
         file is skipped when ``ai-edge-litert`` is not installed)."""
-        from export import predict
+        from export import classifiers
 
         out = {}
         variants = ((self.card.get("quantization") or {}).get("variants") or {})
@@ -229,8 +229,8 @@ class Bundle:
             if name == "float" or not os.path.isfile(file):
                 continue
             try:
-                out[os.path.basename(file)] = predict.open_model(file)
-            except predict.InputError as err:
+                out[os.path.basename(file)] = classifiers.open_model(file, num_threads=1)
+            except classifiers.ModelFileError as err:
                 if "ai-edge-litert" not in str(err):
                     raise BundleError(str(err)) from None
         return out
@@ -273,10 +273,8 @@ class Bundle:
 
     def predict_quantized(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``{file name: probabilities [N, K]}`` of each quantized file on ``x``."""
-        from export import predict
-
-        return {name: predict.probabilities(session, np.asarray(x, np.float32))
-                for name, session in self.quantized.items()}
+        x = np.asarray(x, np.float32)
+        return {name: session.run(["probabilities"], {"images": x})[0] for name, session in self.quantized.items()}
 
     def predict_onnx(self, x: np.ndarray) -> np.ndarray:
         """ONNX probabilities ``[N, K]`` (the deployed inference path)."""

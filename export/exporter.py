@@ -28,7 +28,7 @@ SAVED_MODEL_DIR = "saved_model"
 EXAMPLES_DIR = "examples"
 MAX_EXAMPLES = 1000
 #: Files of this package copied into the bundle: the ONNX command line and its image loader.
-BUNDLED_SCRIPTS = ("predict.py", "images.py")
+BUNDLED_SCRIPTS = ("predict.py", "images.py", "classifiers.py")
 
 
 def _check_model(model: keras.Model, info: data.DatasetInfo) -> None:
@@ -190,5 +190,5 @@ def export(
     quantized = "".join(f"{v['file']}, " for k, v in (model_card.get("quantization") or {}).get("variants", {}).items()
                         if k != "float")
     log(f"wrote {out}: {SAVED_MODEL_DIR}/, {ONNX_FILE}, {quantized}{CARD_FILE}, {EXAMPLES_DIR}/ ({len(index)} images), "
-        "BUILD.md, predict.py, images.py")
+        "BUILD.md, predict.py, images.py, classifiers.py")
     return model_card

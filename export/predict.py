@@ -37,9 +37,10 @@ from typing import Sequence
 import numpy as np
 
 if __package__:  # python -m export.predict, or imported from the project
-    from export import images
-else:  # the bundle's copy, run as `python predict.py`: images.py sits beside this file
+    from export import classifiers, images
+else:  # the bundle's copy, run as `python predict.py`: images.py and classifiers.py sit beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import classifiers
     import images
 
 
@@ -141,67 +142,16 @@ def class_names(onnx_path: str, session) -> list[str] | None:
 
 def open_session(onnx_path: str):
     """An onnxruntime CPU session, with a one-line error for a missing or invalid file."""
-    import onnxruntime as ort
-
-    if not os.path.isfile(onnx_path):
-        raise InputError(f"ONNX model {onnx_path!r} does not exist")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(onnx_path, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise InputError(f"{onnx_path!r} is not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
-
-
-class LiteRTSession:
-    """A LiteRT (``.tflite``) classifier behind the few onnxruntime-session methods this file uses
-    (``get_inputs``, ``run(["probabilities"], {"images": x})``, ``get_modelmeta``), so that every
-    function here takes either. The file's output is the logits; the probabilities are their softmax.
-    """
-
-    def __init__(self, path: str):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._it = Interpreter(model_path=path)
-        (self._in,) = self._it.get_input_details()
-        self._out = self._it.get_output_details()[0]
-        self._batch = None
-
-    def get_inputs(self):
-        shape = [None, *(int(d) for d in self._in["shape_signature"][1:])]
-        return [type("Input", (), {"name": "images", "shape": shape})()]
-
-    def get_modelmeta(self):
-        return type("Meta", (), {"custom_metadata_map": {}})()
-
-    def run(self, names, feeds):
-        x = np.ascontiguousarray(feeds["images"], np.float32)
-        if self._batch != len(x):  # the batch dimension is dynamic: resize when it changes
-            self._it.resize_tensor_input(self._in["index"], list(x.shape))
-            self._it.allocate_tensors()
-            self._batch = len(x)
-        self._it.set_tensor(self._in["index"], x)
-        self._it.invoke()
-        logits = np.array(self._it.get_tensor(self._out["index"]), np.float64)
-        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        out = {"logits": logits.astype(np.float32), "probabilities": (e / e.sum(-1, keepdims=True)).astype(np.float32)}
-        return [out[n] for n in names]
+    return open_model(onnx_path)
 
 
 def open_model(path: str):
-    """An onnxruntime session for ``.onnx``, a :class:`LiteRTSession` for ``.tflite``."""
-    if not path.lower().endswith(".tflite"):
-        return open_session(path)
-    if not os.path.isfile(path):
-        raise InputError(f"LiteRT model {path!r} does not exist")
+    """A session for ``path``: onnxruntime, or LiteRT for a ``.tflite`` file
+    (:func:`classifiers.open_model`), with a one-line :class:`InputError` for a bad file."""
     try:
-        import ai_edge_litert  # noqa: F401
-    except ImportError:
-        raise InputError("running a .tflite file needs the ai-edge-litert package (pip install ai-edge-litert)") from None
-    try:
-        return LiteRTSession(path)
-    except Exception as err:  # the interpreter raises ValueError/RuntimeError for a bad file
-        raise InputError(f"{path!r} is not a loadable LiteRT model ({str(err).splitlines()[0][:200]})") from None
+        return classifiers.open_model(path)
+    except classifiers.ModelFileError as err:
+        raise InputError(str(err)) from None
 
 
 def probabilities(session, x: np.ndarray) -> np.ndarray:

@@ -49,62 +49,23 @@ class Classifier:
         return np.concatenate([self._run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _litert(path: str) -> Classifier:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=THREADS)
-    (inp,) = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
-    if len(outputs) != 1 or inp["dtype"] != np.float32:
-        raise ValueError(f"{path!r} is not a classifier with one float32 input and one output")
-    shape = [int(d) for d in inp["shape_signature"]]
-    state = {"batch": None}
-
-    def run(b: np.ndarray) -> np.ndarray:
-        if state["batch"] != len(b):  # the batch dimension is dynamic (-1); resize when it changes
-            interpreter.resize_tensor_input(inp["index"], [len(b), *shape[1:]])
-            interpreter.allocate_tensors()
-            state["batch"] = len(b)
-        interpreter.set_tensor(inp["index"], b)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(outputs[0]["index"]), np.float32)
-
-    return Classifier(path, "litert", run, shape[1:], int(outputs[0]["shape_signature"][-1]))
-
-
-def _onnx(path: str) -> Classifier:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-    (inp,) = session.get_inputs()
-    names = [o.name for o in session.get_outputs()]
-    if "logits" not in names:
-        raise ValueError(f"{path!r} has no 'logits' output (outputs: {names})")
-    logits = next(o for o in session.get_outputs() if o.name == "logits")
-    return Classifier(path, "onnx", lambda b: session.run(["logits"], {inp.name: b})[0].astype(np.float32),
-                      inp.shape[1:], int(logits.shape[-1]))
-
-
 def load(path: str) -> Classifier:
-    """Opens a ``.tflite`` (LiteRT) or ``.onnx`` (onnxruntime) classifier.
+    """Opens a ``.tflite`` (LiteRT) or ``.onnx`` (onnxruntime) classifier
+    (:func:`export.classifiers.open_model`, with :data:`THREADS` threads).
 
     Raises:
-        ValueError: a missing file, another extension, or a file the runtime cannot open.
+        ValueError: a missing file or one the runtime cannot open (one line).
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"model file {path!r} does not exist")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".tflite", ".onnx"):
-        raise ValueError(f"{path!r}: expected a .tflite or .onnx file")
-    try:
-        return _litert(path) if ext == ".tflite" else _onnx(path)
-    except ValueError:
-        raise
-    except Exception as err:  # the runtimes raise RuntimeError / their own types for a bad file
-        raise ValueError(f"cannot open {path!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    from export import classifiers
+
+    session = classifiers.open_model(path, num_threads=THREADS)
+    (inp,) = session.get_inputs()
+    outputs = {o.name: o for o in session.get_outputs()}
+    if "logits" not in outputs:
+        raise ValueError(f"{path!r} has no 'logits' output (outputs: {sorted(outputs)})")
+    kind = "litert" if isinstance(session, classifiers.LiteRTSession) else "onnx"
+    return Classifier(path, kind, lambda b: np.asarray(session.run(["logits"], {inp.name: b})[0], np.float32),
+                      inp.shape[1:], int(outputs["logits"].shape[-1]))
 
 
 def speed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *, batch: int = 128, repeats: int = 20,
