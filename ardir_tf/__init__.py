@@ -21,7 +21,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 
 # `python -m ardir_tf.train` (or another of the project's tools) starts without TensorFlow's
 # start-up log unless --verbose is given; importing ardir_tf from Python code changes nothing.
-if getattr(sys, "orig_argv", None):
+if "-m" in getattr(sys, "orig_argv", [])[1:]:
     from ardir_tf import cli as _cli
 
     _tool = _cli.started_tool(sys.orig_argv)
@@ -30,7 +30,8 @@ if getattr(sys, "orig_argv", None):
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("attacks", "cli", "data", "evaluate", "hardware", "losses", "methods", "models", "report", "train")
+_SUBMODULES = ("attacks", "cli", "data", "evaluate", "hardware", "io", "losses", "methods", "models", "report",
+               "train")
 __all__ = [*_SUBMODULES, "__version__"]
 
 

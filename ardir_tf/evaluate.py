@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from ardir_tf import report
 from ardir_tf.attacks.objectives import cw as cw_objective
-from ardir_tf.attacks.pgd import pgd
+from ardir_tf.attacks.pgd import pgd, validate
 from ardir_tf.io import load_model_file, write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -236,10 +236,7 @@ def _check_inputs(attacks, epsilon, norm, x, y):
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack(s) {', '.join(unknown)}; use any of {', '.join(ATTACKS)}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"unknown norm {norm!r}; use linf or l2")
-    if not 0 <= epsilon <= (1 if norm == "linf" else np.inf):
-        raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {epsilon}")
+    validate(epsilon, None, None, norm, "none")
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int64)
     if x.ndim != 4 or len(x) != len(y) or len(x) == 0:
@@ -424,10 +421,12 @@ def format_table(rows: dict[str, dict], width: int = TABLE_WIDTH) -> str:
 def _define_flags() -> None:
     from absl import flags
 
+    from ardir_tf import cli
+
     flags.DEFINE_string("model", None, "Path of a .keras classifier.", required=True)
     flags.DEFINE_string("dataset", "mnist5k", "Dataset name (see ardir_tf.data) or npz:PATH.")
     flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
-    flags.DEFINE_float("epsilon", 0.3, "Radius of the threat model.")
+    cli.define_fraction("epsilon", 0.3, "Radius of the threat model, a number or a fraction such as 8/255.")
     flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Norm of the threat model.")
     flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS), f"Attacks, any of {', '.join(ATTACKS)} (autoattack: the "
                       "standard version; autoattack_plus: the stronger, slower one; autoattack_rand: for "
@@ -436,7 +435,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
     flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
     flags.DEFINE_string("output", None, "Write the results JSON here.")
-    flags.DEFINE_list("epsilons", [], "Also evaluate at these radii (a sweep, e.g. 0.1,0.2,0.3,0.4); "
+    flags.DEFINE_list("epsilons", [], "Also evaluate at these radii (a sweep, e.g. 0.1,0.2,0.3,0.4 or 4/255,8/255); "
                       "the results gain 'sweep' and the report a robust-accuracy-vs-eps plot.")
     flags.DEFINE_string("report_dir", None, "Write results.json, report.md and PNG plots into this directory.")
     flags.DEFINE_enum("masking_check", "auto", ["auto", "on", "off"],
@@ -445,12 +444,14 @@ def _define_flags() -> None:
 
 
 def _parse_epsilons(values: Sequence[str]) -> list[float]:
+    from ardir_tf.cli import FractionParser
+
     out = []
     for v in values:
         try:
-            out.append(float(v))
+            out.append(FractionParser().parse(v))
         except ValueError:
-            raise ValueError(f"--epsilons takes numbers, got {v!r}") from None
+            raise ValueError(f"--epsilons takes numbers or fractions a/b, got {v!r}") from None
     return out
 
 

@@ -9,7 +9,15 @@ PGD-20 / CW at ``--second_epsilon``. Then (``--studies``):
   input, attack objective, base loss), ``--ablation_seeds`` seeds each;
 * ``controls``: RSLAD and TRADES from a uniform random start (:data:`CONTROLS`), the main seeds,
   AutoAttack as in the main table;
-* ``precision``: ARDIR trained under ``mixed_bfloat16`` with the main seeds, beside float32.
+* ``precision``: ARDIR trained under ``mixed_bfloat16`` with the main seeds, beside float32;
+* ``step_sweep``: PGD-20 with several step sizes against the seed-0 students of RSLAD, TRADES,
+  ARD and PGD-AT, and RSLAD's own attack against CE-PGD (:mod:`benchmarks.step_sweep`);
+* ``capacity``: a larger teacher of another architecture distilled into ``small_cnn`` students
+  by every method, choices made on a validation split (:mod:`benchmarks.capacity`); not in the
+  default ``--studies`` (about 4 hours). Its report replaces the capacity section of
+  ``--capacity_docs`` (``docs/results.md``) and its small result files are kept in
+  ``--capacity_results_dir`` (``benchmarks/results/capacity``), from which ``--report_only``
+  rebuilds that section anywhere.
 
 Every run lives in its own directory under ``--output_dir`` (``main/<method>/seed-<n>``,
 ``ablation/<name>/seed-<n>``, ...) and is reused when the command runs again, so an interrupted
@@ -21,24 +29,26 @@ Usage::
 
     python -m benchmarks.reproduce --output_dir=runs/reproduce            # about 2 h on 2 cores
     python -m benchmarks.reproduce --output_dir=/tmp/r --quick           # about a minute
+    python -m benchmarks.reproduce --output_dir=runs/reproduce --studies=capacity   # about 4 h
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import statistics
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from absl import flags
 
-from ardir_tf.io import load_model_file, write_json_atomic
+from benchmarks import capacity, capacity_report, runs, step_sweep
 
 FLAGS = flags.FLAGS
 METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
-STUDIES = ("main", "ablation", "controls", "precision")
+STUDIES = ("main", "ablation", "controls", "precision", "step_sweep", "capacity")
+DEFAULT_STUDIES = ("main", "ablation", "controls", "precision", "step_sweep")
+# The studies that share the main table's small_cnn teacher.
+SHARED_TEACHER_STUDIES = ("main", "ablation", "controls", "precision", "step_sweep")
 # One setting changed at a time from ARDIR's defaults (the main table's ``ardir`` row).
 ABLATION: dict[str, dict[str, Any]] = {
     "layers=stage1": {"ir_layers": ["stage1"]},
@@ -68,7 +78,8 @@ def define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Directory of the runs and the summary (required).")
     flags.DEFINE_bool("quick", False, "A CI smoke run: 256 training digits, 1 epoch, 2 attack steps, 1 seed, "
                       "64 evaluation digits, AutoAttack on 8, the first and last ablation variants.")
-    flags.DEFINE_list("studies", list(STUDIES), f"Which parts to run: {', '.join(STUDIES)}.")
+    flags.DEFINE_list("studies", list(DEFAULT_STUDIES), f"Which parts to run: {', '.join(STUDIES)} (capacity only "
+                      "when named).")
     flags.DEFINE_list("methods", list(METHODS), "Methods of the main table.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the main table and the precision study.")
     flags.DEFINE_list("ablation_seeds", ["0"], "Seeds of each ablation variant.")
@@ -88,119 +99,24 @@ def define_flags() -> None:
     flags.DEFINE_bool("report_only", False, "Train nothing: write the summary and tables of the runs finished so "
                       "far (e.g. while the benchmark runs).")
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
-
-
-def budget(f) -> dict[str, Any]:
-    """The settings every run shares (one training budget), from this program's flags ``f``."""
-    from ardir_tf import train
-
-    s = train.default_settings()
-    s.update(dataset="mnist5k", model=f.model, epochs=f.epochs, attack_steps=f.attack_steps, epsilon=f.epsilon,
-             val_examples=0, eval_examples=f.eval_examples,
-             eval_attacks=["fgsm", "pgd20", "cw"], progress=f.progress, deterministic=False,
-             # IAD's reference begins its introspection at 30% of training (epoch 60 of 200).
-             iad_begin=max(1, round(0.3 * f.epochs)))
-    if f.quick:
-        s.update(train_examples=256, epochs=1, attack_steps=2, attack_step_size=f.epsilon / 2, iad_begin=0,
-                 eval_examples=64)
-    return s
-
-
-def _evaluate_extra(workdir: str, s: dict[str, Any], autoattack_examples: int, second_epsilon: float) -> dict:
-    """AutoAttack on the first ``autoattack_examples`` digits at eps (0: none), PGD-20/CW at the
-    second eps; each part cached in ``WORKDIR/extra.json`` and computed only when missing."""
-    path = os.path.join(workdir, "extra.json")
-    extra: dict[str, Any] = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            extra = json.load(f)
-    n = min(autoattack_examples, s["eval_examples"])
-    want_aa = n and extra.get("autoattack", {}).get("examples") != n
-    want_second = second_epsilon and extra.get("second_epsilon", {}).get("epsilon") != second_epsilon
-    if not (want_aa or want_second):
-        return extra
-    from ardir_tf import data, evaluate
-
-    model = load_model_file(os.path.join(workdir, "model.keras"))
-    x, y = data.load_arrays("mnist5k", "test", examples=s["eval_examples"])
-    if want_aa:
-        r = evaluate.evaluate(model, x[:n], y[:n], epsilon=s["epsilon"], attacks=["autoattack"], seed=s["seed"],
-                              verbose=0, masking_check=False)
-        extra["autoattack"] = {"examples": n, "accuracy": r["robust_accuracy"]["autoattack"],
-                               "seconds": r["attacks"]["autoattack"]["seconds"]}
-    if want_second:
-        r = evaluate.evaluate(model, x, y, epsilon=second_epsilon, attacks=["pgd20", "cw"], seed=s["seed"], verbose=0)
-        extra["second_epsilon"] = {"epsilon": second_epsilon, **r["robust_accuracy"]}
-    write_json_atomic(path, extra)
-    return extra
-
-
-def run_one(s: dict[str, Any], workdir: str, teacher: str, autoattack_examples: int,
-            second_epsilon: float) -> dict[str, Any]:
-    """Trains (or reuses) one run and returns its row (:func:`read_row`)."""
-    from ardir_tf import train
-
-    train.train_and_evaluate(s, workdir, teacher)
-    _evaluate_extra(workdir, s, autoattack_examples, second_epsilon)
-    return read_row(workdir)
-
-
-def read_row(workdir: str) -> Optional[dict[str, Any]]:
-    """A finished run's row (accuracies in [0, 1], training seconds), ``None`` if it has not finished."""
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        results = json.load(f)
-    extra: dict[str, Any] = {}
-    if os.path.exists(os.path.join(workdir, "extra.json")):
-        with open(os.path.join(workdir, "extra.json")) as f:
-            extra = json.load(f)
-    row = {"natural": results["natural_accuracy"], **{k: results["robust_accuracy"][k] for k in ("fgsm", "pgd20", "cw")},
-           "train_seconds": results["training"]["seconds"]}
-    if "autoattack" in extra:
-        row["autoattack"] = extra["autoattack"]["accuracy"]
-        row["autoattack_examples"] = extra["autoattack"]["examples"]
-    if "second_epsilon" in extra:
-        row["pgd20@2"] = extra["second_epsilon"]["pgd20"]
-        row["cw@2"] = extra["second_epsilon"]["cw"]
-    return row
-
-
-def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, sample standard deviation (0 for one value) and count ``n`` of every numeric key over
-    the ``rows`` that have it (AutoAttack runs on some seeds only)."""
-    out: dict[str, Any] = {"seeds": len(rows)}
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "seed"))
-    for key in keys:
-        values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-        if values:
-            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "n": len(values)}
-    return out
-
-
-def markdown_table(table: dict[str, dict[str, Any]], second_epsilon: float, epsilon: float) -> str:
-    cols = [("natural", "natural"), ("fgsm", "FGSM"), ("pgd20", "PGD-20"), ("cw", "CW"), ("autoattack", "AutoAttack"),
-            ("pgd20@2", f"PGD-20 @{second_epsilon:g}"), ("cw@2", f"CW @{second_epsilon:g}")]
-    cols = [(k, name) for k, name in cols if any(k in agg for agg in table.values())]
-    lines = [f"| run | seeds | " + " | ".join(n if "@" in n else f"{n} @{epsilon:g}" if k != "natural" else n
-                                           for k, n in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
-    partial = False
-    for name, agg in table.items():
-        cells = []
-        for k, _ in cols:
-            if k not in agg:
-                cells.append("-")
-                continue
-            m, sd, n = 100 * agg[k]["mean"], 100 * agg[k]["std"], agg[k]["n"]
-            cells.append(f"{m:.1f} ± {sd:.1f}" if n > 1 else f"{m:.1f}" + ("†" if agg["seeds"] > 1 else ""))
-            partial |= n < agg["seeds"]
-        lines.append(f"| {name} | {agg['seeds']} | " + " | ".join(cells) + " |")
-    if partial:
-        lines += ["", "† one seed only (the others were not evaluated with that attack)."]
-    return "\n".join(lines)
+    flags.DEFINE_integer("step_sweep_examples", 500, "Held-out digits of the step_sweep study (--quick: 64).")
+    flags.DEFINE_string("capacity_teacher_model", "resnet18", "capacity: the teacher's architecture.")
+    flags.DEFINE_string("capacity_teacher_options", "width=24", "capacity: the teacher's architecture options "
+                        "(--quick uses width=8).")
+    flags.DEFINE_integer("capacity_teacher_epochs", 6, "capacity: training epochs of the teacher (--quick: 2).")
+    flags.DEFINE_integer("capacity_select_epochs", 2, "capacity: epochs of each teacher candidate before the choice; "
+                         "the chosen one continues to --capacity_teacher_epochs (--quick: 1).")
+    flags.DEFINE_list("capacity_teacher_recipes", list(capacity.TEACHER_RECIPES),
+                      f"capacity: teacher candidates, any of {', '.join(capacity.TEACHER_RECIPES)}.")
+    flags.DEFINE_string("capacity_student_model", "small_cnn", "capacity: the students' architecture.")
+    flags.DEFINE_string("capacity_student_options", "", "capacity: the students' architecture options.")
+    flags.DEFINE_list("capacity_methods", list(capacity.STUDENTS), "capacity: the students' methods.")
+    flags.DEFINE_integer("capacity_val_examples", 500, "capacity: training digits held out for every choice "
+                         "(the last ones of the training split; --quick: 64).")
+    flags.DEFINE_string("capacity_results_dir", "", "capacity: where the small result files go and --report_only "
+                        "reads them (default: benchmarks/results/capacity; --quick: OUTPUT_DIR/results/capacity).")
+    flags.DEFINE_string("capacity_docs", "", "capacity: the Markdown file whose capacity section the report "
+                        "replaces (default: docs/results.md; --quick: OUTPUT_DIR/capacity.md).")
 
 
 def plot(table: dict[str, dict[str, Any]], path: str, epsilon: float) -> None:
@@ -229,6 +145,35 @@ def plot(table: dict[str, dict[str, Any]], path: str, epsilon: float) -> None:
 
 def reproduce(f) -> dict[str, Any]:
     """Runs the studies that ``f`` (this program's flags) asks for; returns the summary dict."""
+    out = os.path.abspath(f.output_dir)
+    summary: dict[str, Any] = {}
+    md: list[str] = []
+    if any(s in SHARED_TEACHER_STUDIES for s in f.studies):
+        summary, md = shared_teacher_studies(f, out)
+    if "capacity" in f.studies:
+        summary["capacity"] = capacity_study(f, out)
+    if md:
+        with open(os.path.join(out, "results.md"), "w") as fh:
+            fh.write("\n".join(md) + "\n")
+        print("\n".join(md))
+    return summary
+
+
+def capacity_study(f, out: str) -> dict[str, Any]:
+    """Runs (or reads) the capacity study and writes its report; returns its summary."""
+    summary = capacity.run(f)
+    docs = f.capacity_docs or (os.path.join(out, "capacity.md") if f.quick else
+                               os.path.join(capacity.ROOT, "docs", "results.md"))
+    plot_path = os.path.join(os.path.dirname(os.path.abspath(docs)), "capacity.png")
+    text = capacity_report.report(summary, docs, plot_path)
+    print(text)
+    return summary
+
+
+def shared_teacher_studies(f, out: str) -> tuple[dict[str, Any], list[str]]:
+    """The studies that share one ``small_cnn`` teacher (main, ablation, controls, precision,
+    step_sweep); returns their summary (also written to ``OUTPUT_DIR/summary.json``) and the
+    Markdown of ``OUTPUT_DIR/results.md``."""
     import keras
     import tensorflow as tf
 
@@ -236,34 +181,36 @@ def reproduce(f) -> dict[str, Any]:
 
     seeds = [int(x) for x in f.seeds][: 1 if f.quick else None]
     ablation_seeds = [int(x) for x in f.ablation_seeds]
-    base = budget(f)
+    base = runs.budget(f)
     aa_examples = 8 if f.quick else f.autoattack_examples
     ablation_aa = min(8, f.ablation_autoattack_examples) if f.quick else f.ablation_autoattack_examples
-    out = os.path.abspath(f.output_dir)
     start = time.time()
-    runs: dict[str, list[dict[str, Any]]] = {}
+    finished: dict[str, list[dict[str, Any]]] = {}
 
     def study(name: str, settings: dict[str, Any], run_seeds: Sequence[int], teacher: str, aa: int) -> None:
         for seed in run_seeds:
             workdir = os.path.join(out, name, f"seed-{seed}")
             if f.report_only:
-                row = read_row(workdir)
+                row = runs.read_row(workdir)
                 if row is not None:
-                    runs.setdefault(name, []).append({"seed": seed, **row})
+                    finished.setdefault(name, []).append({"seed": seed, **row})
                 continue
             print(f"[{time.time() - start:7.0f}s] {name} seed {seed}", flush=True)
-            row = run_one({**settings, "seed": seed}, workdir, teacher, aa, f.second_epsilon)
-            runs.setdefault(name, []).append({"seed": seed, **row})
+            row = runs.run_one({**settings, "seed": seed}, workdir, teacher, aa, f.second_epsilon)
+            finished.setdefault(name, []).append({"seed": seed, **row})
             keras.backend.clear_session()
 
     teacher_settings = {**base, "method": "pgd_at", "epochs": 1 if f.quick else f.teacher_epochs}
     study("teacher", teacher_settings, [0], "", aa_examples)
     teacher = os.path.join(out, "teacher", "seed-0", "model.keras")
     distill = lambda m: teacher if m in methods.DISTILLATION_METHODS else ""  # noqa: E731
+    main_methods = list(f.methods) if "main" in f.studies else []
+    if "step_sweep" in f.studies:  # the sweep attacks the main table's seed-0 students
+        main_methods += [m for m in step_sweep.METHODS if m not in main_methods]
     # Seed-major order, AutoAttack last: an interrupted benchmark has whole seeds of the table.
     for seed in seeds:
-        if "main" in f.studies:
-            for m in f.methods:
+        for m in main_methods:
+            if m in f.methods and "main" in f.studies or seed == seeds[0]:
                 study(f"main/{m}", {**base, "method": m}, [seed], distill(m), 0)
         if "controls" in f.studies:
             for name, change in CONTROLS.items():
@@ -277,47 +224,53 @@ def reproduce(f) -> dict[str, Any]:
         attacked.update({f"controls/{name}": {**base, **change} for name, change in CONTROLS.items()})
     aa_seeds = [s for s in seeds if f.quick or str(s) in f.autoattack_seeds]
     for name, settings in attacked.items():
-        runs[name] = [r for r in runs.get(name, []) if r["seed"] not in aa_seeds]
+        finished[name] = [r for r in finished.get(name, []) if r["seed"] not in aa_seeds]
         study(name, settings, aa_seeds, distill(settings["method"]), aa_examples)
-        runs[name].sort(key=lambda r: r["seed"])
-    runs = {k: v for k, v in runs.items() if v}
+        finished[name].sort(key=lambda r: r["seed"])
+    finished = {k: v for k, v in finished.items() if v}
     if "ablation" in f.studies:
         variants = f.ablation[:: max(1, len(f.ablation) - 1)] if f.quick else f.ablation
         for name in variants:
             study(f"ablation/{name}", {**base, "method": "ardir", **ABLATION[name]}, ablation_seeds, teacher, ablation_aa)
+    sweep = {}
+    if "step_sweep" in f.studies:
+        if not f.report_only:
+            print(f"[{time.time() - start:7.0f}s] step_sweep", flush=True)
+        sweep = step_sweep.run(out, teacher, f.epsilon, 64 if f.quick else f.step_sweep_examples,
+                               report_only=f.report_only)
 
-    table = {name: aggregate(rows) for name, rows in runs.items()}
+    table = {name: runs.aggregate(rows) for name, rows in finished.items()}
     summary = {
         "settings": {k: v for k, v in base.items() if k not in ("workdir", "teacher", "progress", "verbose")},
         "quick": f.quick, "seconds": round(time.time() - start, 1),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "hardware": f"{os.cpu_count()} CPU cores, {tf.config.list_physical_devices()}",
-        "runs": runs, "table": table,
+        "runs": finished, "table": table, "step_sweep": sweep,
     }
-    write_json_atomic(os.path.join(out, "summary.json"), summary)
+    runs.write_json(os.path.join(out, "summary.json"), summary)
     main = {k.split("/", 1)[-1]: v for k, v in table.items() if k == "teacher" or k.startswith("main/")}
     md = [f"# mnist5k benchmark ({'quick' if f.quick else 'full'})", "",
-          markdown_table(main, f.second_epsilon, f.epsilon)]
+          runs.markdown_table(main, f.second_epsilon, f.epsilon)]
     if any(k.startswith("ablation/") for k in table):
         ablation = {"ardir (defaults)": table["main/ardir"]} if "main/ardir" in table else {}
         ablation.update({k.split("/", 1)[1]: v for k, v in table.items() if k.startswith("ablation/")})
-        md += ["", "## ARDIR ablation", "", markdown_table(ablation, f.second_epsilon, f.epsilon)]
+        md += ["", "## ARDIR ablation", "", runs.markdown_table(ablation, f.second_epsilon, f.epsilon)]
     if any(k.startswith("controls/") for k in table):
         controls = {k.split("/", 1)[1]: v for k, v in table.items()
                     if k.startswith("controls/") or k in ("main/rslad", "main/trades")}
-        md += ["", "## Controls", "", markdown_table(controls, f.second_epsilon, f.epsilon)]
+        md += ["", "## Controls", "", runs.markdown_table(controls, f.second_epsilon, f.epsilon)]
+    if sweep:
+        md += ["", "## Step sizes and RSLAD's attack", "",
+               step_sweep.markdown(sweep, f.epsilon, 64 if f.quick else f.step_sweep_examples)]
     if any(k.startswith("precision/") for k in table):
         prec = {k.split("/", 1)[-1]: v for k, v in table.items() if k in ("main/ardir",) or k.startswith("precision/")}
-        md += ["", "## Precision", "", markdown_table(prec, f.second_epsilon, f.epsilon)]
-    trained = sum(r["train_seconds"] for rows in runs.values() for r in rows) / 60
+        md += ["", "## Precision", "", runs.markdown_table(prec, f.second_epsilon, f.epsilon)]
+    trained = sum(r["train_seconds"] for rows in finished.values() for r in rows) / 60
     md += ["", f"Training and evaluation of these runs: {trained:.0f} min (their own timers); this command: "
            f"{summary['seconds'] / 60:.1f} min."]
-    with open(os.path.join(out, "results.md"), "w") as fh:
-        fh.write("\n".join(md) + "\n")
     if main:
         plot(main, os.path.join(out, "robustness.png"), f.epsilon)
-    print("\n".join(md))
-    return summary
+    return summary, md
 
 
 def main(argv) -> None:
@@ -328,8 +281,10 @@ def main(argv) -> None:
         raise ValueError(f"--epsilon must be in (0, 1], got {FLAGS.epsilon}")
     unknown = [m for m in FLAGS.methods if m not in METHODS]
     unknown += [a for a in FLAGS.ablation if a not in ABLATION] + [s for s in FLAGS.studies if s not in STUDIES]
+    unknown += [m for m in FLAGS.capacity_methods if m not in capacity.STUDENTS]
+    unknown += [r for r in FLAGS.capacity_teacher_recipes if r not in capacity.TEACHER_RECIPES]
     if unknown:
-        raise ValueError(f"unknown method, ablation variant or study: {', '.join(unknown)}")
+        raise ValueError(f"unknown method, ablation variant, study or teacher recipe: {', '.join(unknown)}")
     reproduce(FLAGS)
 
 

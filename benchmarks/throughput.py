@@ -86,7 +86,7 @@ FLAGS = flags.FLAGS
 ARDIR_OVER_PGD_AT_MAX = 1.10
 BF16_SPEEDUP_MIN = 3.0
 FLOAT32_PEAK_FRACTION_MIN = 0.5
-_TRAIN_METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
+TRAIN_METHODS = ("standard", "pgd_at", "trades", "ard", "rslad", "iad", "ardir")
 _PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 _MATMUL_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
@@ -98,7 +98,7 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     D("string", "dataset", "", "Dataset whose shape, classes, normalisation and augmentation to use "
       "(default: mnist for small_cnn, cifar10 otherwise). No data is read.")
     D("integer", "batch_size", 128, "Training batch size.")
-    D("list", "methods", ["pgd_at", "ard", "rslad", "iad", "ardir"], f"Methods: any of {', '.join(_TRAIN_METHODS)}.")
+    D("list", "methods", ["pgd_at", "ard", "rslad", "iad", "ardir"], f"Methods: any of {', '.join(TRAIN_METHODS)}.")
     D("list", "precision", ["float32", "mixed_bfloat16"], f"Precisions: any of {', '.join(_PRECISIONS)}.")
     D("list", "jit_compile", ["false"], "XLA settings to compare: 'false', 'true' or 'false,true'.")
     D("integer", "attack_steps", 10, "PGD steps K of the training attack.")
@@ -368,6 +368,24 @@ def _build_train_case(method: str, precision: str, jit: bool, info, x, y, a) -> 
     return case
 
 
+def train_case(method: str, model: str = "resnet18", batch_size: int = 128, attack_steps: int = 10, *,
+               precision: str = "float32", jit_compile: bool = False, model_options: str = "", dataset: str = "",
+               seed: int = 0, count_flops: bool = True) -> Case:
+    """One training step of ``method`` on synthetic data, built as :func:`run` builds its training
+    cases (the real training path, random weights); ``case.time_once(n)`` times ``n`` steps. Build
+    a case, run it once untimed (the first step traces), then time it."""
+    from ardir_tf import train
+
+    info = _resolve_dataset(model, dataset)
+    a = {"model": model, "batch_size": batch_size, "attack_steps": attack_steps, "seed": seed,
+         "options": train.parse_options(model_options), "teacher_precision": "float32",
+         "flops": forward_flops if count_flops else (lambda m: 0)}
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(4 * batch_size, *info.input_shape), dtype=np.uint8)
+    y = rng.integers(0, info.num_classes, size=len(x)).astype(np.int32)
+    return _build_train_case(method, precision, jit_compile, info, x, y, a)
+
+
 def _build_pgd20_case(info, x, y, a) -> Case:
     import keras
     import tensorflow as tf
@@ -471,7 +489,7 @@ def targets(rows: list[dict], cases: dict, model: str, batch_size: int) -> list[
                             "paired_round_median": _paired_ratio(cases[("ardir", p, jit)], cases[("pgd_at", p, jit)]),
                             "threshold": ARDIR_OVER_PGD_AT_MAX, "comparison": "<=",
                             "passed": bool(value <= ARDIR_OVER_PGD_AT_MAX)})
-        for method in _TRAIN_METHODS:
+        for method in TRAIN_METHODS:
             fp32 = _find(rows, kind="train", method=method, precision="float32", jit_compile=jit)
             bf16 = _find(rows, kind="train", method=method, precision="mixed_bfloat16", jit_compile=jit)
             if fp32 and bf16:
@@ -500,9 +518,9 @@ def targets(rows: list[dict], cases: dict, model: str, batch_size: int) -> list[
 
 # ------------------------------------------------------------------------------------------ run
 def _check(a: dict) -> None:
-    unknown = [m for m in a["methods"] if m not in _TRAIN_METHODS]
+    unknown = [m for m in a["methods"] if m not in TRAIN_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; use any of {', '.join(_TRAIN_METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; use any of {', '.join(TRAIN_METHODS)}")
     unknown = [p for p in a["precision"] if p not in _PRECISIONS]
     if unknown:
         raise ValueError(f"unknown precision(s) {', '.join(unknown)}; use any of {', '.join(_PRECISIONS)}")

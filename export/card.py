@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from ardir_tf import data
+from ardir_tf.attacks.pgd import validate
 from ardir_tf.models import default_ir_layers
 
 SCHEMA_VERSION = 1
@@ -126,8 +127,7 @@ def threat_model(settings: dict | None, results: dict | None, info: data.Dataset
             break
     else:
         eps, source = (0.3 if info.input_shape[-1] == 1 else 8 / 255), "dataset default"
-    if not (eps >= 0 and (norm != "linf" or eps <= 1)):
-        raise ValueError(f"epsilon must lie in [0, 1] for linf (>= 0 for l2), got {eps}")
+    validate(eps, None, None, norm, "none")
     return {"norm": norm, "epsilon": eps, "epsilon_source": source}
 
 

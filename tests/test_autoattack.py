@@ -558,3 +558,13 @@ def test_cross_check_against_art_autoattack(pgd_trained_small_cnn, mnist5k_test)
     assert ra["autoattack"] <= ra["pgd20"] and ra["autoattack"] <= ra["cw"]
     art = art_autoattack_accuracy(pgd_trained_small_cnn, x, y, 0.3)
     assert ra["autoattack"] <= art + 0.005, f"ours {ra['autoattack']:.3f} vs ART {art:.3f}"
+
+
+@pytest.mark.parametrize("member", ["apgd-ce", "apgd-t", "fab-t", "square"])
+def test_members_attack_a_batch_of_one(member):
+    """The last survivor of a batch reaches a member alone: a batch of one must trace and break."""
+    model, x, y, robust = _linear_problem("linf", 0.15)
+    i = int(np.argmin(robust))  # an example that can be broken
+    result = AutoAttack(model, attacks=[member], square_queries=400, apgd_steps=30, fab_steps=30).run(
+        x[i:i + 1], y[i:i + 1], 0.15)
+    assert result.robust.tolist() == [False] and np.abs(result.x_adv - x[i:i + 1]).max() <= 0.15 + 1e-6

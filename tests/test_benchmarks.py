@@ -108,3 +108,48 @@ def test_emulated_bfloat16_is_detected_and_warned(monkeypatch):
     assert hardware.precision_warning("float32") is None
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
     assert hardware.fast_bfloat16() is True and hardware.precision_warning("mixed_bfloat16") is None
+
+
+def test_train_case_times_real_training_steps():
+    """throughput's step timer, as benchmarks/onednn_ab.py uses it: each timed step trains (the
+    student's weights change) and is recorded."""
+    case = throughput.train_case("pgd_at", "small_cnn", batch_size=8, attack_steps=1, model_options="width=4",
+                                 count_flops=False)
+    assert case.run() == 8  # the untimed first step (tracing)
+    weights = [w.numpy().copy() for w in case.trainer.student.trainable_weights]
+    seconds = case.time_once(2)
+    assert seconds > 0 and case.times == [seconds] and case.examples == 8
+    after = case.trainer.student.trainable_weights
+    assert any(not (a == b.numpy()).all() for a, b in zip(weights, after))
+    assert case.row["method"] == "pgd_at" and case.row["batch_size"] == 8
+
+
+def _onednn_ab(*args):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "benchmarks.onednn_ab", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method=nope"], "unknown method 'nope'"),
+    (["--rounds=0"], "rounds"),
+    (["--no_such_flag"], "no_such_flag"),
+])
+def test_onednn_ab_bad_input_is_one_line_and_exit_2(args, message):
+    proc = _onednn_ab(*args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_onednn_ab_times_both_settings_in_rounds():
+    proc = _onednn_ab("--model=small_cnn", "--batch_size=8", "--attack_steps=1", "--rounds=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 2 and all("oneDNN off" in r and ", on " in r for r in rounds)
+    assert "x faster with oneDNN" in proc.stdout.splitlines()[-1]

@@ -46,20 +46,33 @@ def test_only_the_projects_tools_start_quietly():
     assert cli.started_tool(["python", "script.py"]) is None
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, module: str = "ardir_tf.train") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "ardir_tf.train", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
+
+
+def _only_the_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
 
 
 def test_train_starts_quietly_and_still_shows_errors_and_verbose_brings_the_log_back():
     quiet = _run("--no_such_flag=1")  # TensorFlow is imported (train.py imports it) before the flags fail
-    assert quiet.returncode == 2, quiet.stderr
-    assert quiet.stderr.strip().splitlines() == [line for line in quiet.stderr.strip().splitlines()
-                                                 if line.startswith("error:")], quiet.stderr
-    assert "no_such_flag" in quiet.stderr
+    assert "no_such_flag" in _only_the_error_line(quiet)
     verbose = _run("--no_such_flag=1", "--verbose")
     assert verbose.returncode == 2 and "no_such_flag" in verbose.stderr
     if platform.machine().lower() in ("x86_64", "amd64"):  # oneDNN is on there, and TensorFlow says so
         assert "oneDNN custom operations are on" in verbose.stderr, verbose.stderr
+
+
+def test_evaluate_and_export_start_quietly(tmp_path):
+    """Both load TensorFlow, then fail on a file that is not a model: one error line, nothing else."""
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a model")
+    line = _only_the_error_line(_run(f"--model={bad}", module="ardir_tf.evaluate"))
+    assert "not a loadable .keras model" in line
+    line = _only_the_error_line(_run(f"--model={bad}", f"--out={tmp_path / 'out'}", module="export"))
+    assert "not a loadable .keras model" in line

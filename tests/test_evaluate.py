@@ -259,3 +259,21 @@ def test_cli_unknown_attack_exits_2_with_one_line(trained_small_cnn_path, tmp_pa
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:") and "nope" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("epsilon, message", [("8", "did you mean 8/255?"), ("8/0", "divides by zero")])
+def test_cli_epsilon_hint_exits_2_with_one_line(trained_small_cnn_path, tmp_path, epsilon, message):
+    proc = _run_cli([f"--model={trained_small_cnn_path}", f"--epsilon={epsilon}", "--examples=10"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+
+
+def test_cli_epsilon_takes_a_fraction(trained_small_cnn_path, tmp_path):
+    out = tmp_path / "x.json"
+    proc = _run_cli([f"--model={trained_small_cnn_path}", "--epsilon=76/255", "--epsilons=51/255",
+                     "--attacks=fgsm", "--examples=20", f"--output={out}", "--masking_check=off"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["epsilon"] == pytest.approx(76 / 255)
+    assert [s["epsilon"] for s in r["sweep"]] == pytest.approx([51 / 255, 76 / 255])  # the sweep includes --epsilon

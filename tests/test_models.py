@@ -16,6 +16,7 @@ SMALL_OPTIONS = {
     "preact_resnet18": {"width": 8},
     "wide_resnet": {"depth": 10, "width": 1},
     "mobilenet_v2": {"alpha": 0.25},
+    "dm_wide_resnet": {"depth": 10, "width": 1},
 }
 INPUT_SHAPES = {"small_cnn": (28, 28, 1)}
 LAST_STAGE = {
@@ -24,6 +25,9 @@ LAST_STAGE = {
     "preact_resnet18": "stage4",
     "wide_resnet": "stage3",
     "mobilenet_v2": "stage7",
+    "dm_wide_resnet": "stage3",
+    "dm_preact_resnet": "stage4",
+    "fast_preact_resnet18": "stage4",
 }
 CIFAR = (32, 32, 3)
 

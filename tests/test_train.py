@@ -190,11 +190,13 @@ def one_error_line(outcome: Outcome) -> str:
 
 @pytest.mark.parametrize("args, expected", [
     (["--method=rslad", "--temperature=2"], "--temperature is not used by --method=rslad"),
-    (["--method=pgd_at", "--kl_reduction=batchmean", "--alpha=0.5"], "--alpha, --kl_reduction are not used by --method=pgd_at (it has no settings of its own)"),
+    (["--method=pgd_at", "--kl_reduction=batchmean", "--alpha=0.5"],
+     "--alpha, --kl_reduction are not used by --method=pgd_at (it has no settings of its own)"),
     (["--method=ardir", "--iad_beta=0.2"], "--iad_beta is not used by --method=ardir with --ardir_base=ard"),
     (["--method=standard", "--attack_bn_training"], "--attack_bn_training is not used by --method=standard"),
     (["--method=trades", "--teacher_method=trades"], "--teacher_method is not used by --method=trades"),
-    (["--method=ard", "--teacher=t.keras", "--teacher_epochs=3"], "--teacher_epochs is not used by --method=ard with a given --teacher"),
+    (["--method=ard", "--teacher=t.keras", "--teacher_epochs=3"],
+     "--teacher_epochs is not used by --method=ard with a given --teacher"),
 ])
 def test_a_flag_the_method_does_not_use_is_refused(train_main, tmp_path, args, expected):
     line = one_error_line(train_main(*args, f"--workdir={tmp_path / 'w'}"))
@@ -254,7 +256,8 @@ def test_build_trainer_passes_each_method_its_declared_settings():
     from ardir_tf import models
 
     student, teacher = (models.get("small_cnn", 10, (28, 28, 1), width=4) for _ in range(2))
-    s = dict(train.default_settings(), epsilon=0.3, attack_step_size=0.1, epsilon_warmup_epochs=0.0, temperature=4.0, alpha=0.5, iad_beta=0.3,
+    s = dict(train.default_settings(), epsilon=0.3, attack_step_size=0.1, epsilon_warmup_epochs=0.0, temperature=4.0,
+             alpha=0.5, iad_beta=0.3,
              iad_begin=2, trades_beta=3.0, rslad_adversarial_weight=0.6, kl_reduction="batchmean", gamma=2.0)
     ardir = train.build_trainer(dict(s, method="ardir", ardir_base="iad"), student, teacher)
     assert ardir.output_loss == methods.IADLoss(temperature=4.0, alpha=0.5, kl_reduction="batchmean", beta=0.3, begin=2)

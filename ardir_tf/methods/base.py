@@ -73,7 +73,8 @@ class AdversarialTrainer(keras.Model):
     #: -> argument of the constructor. The attack and optimizer settings are everyone's.
     SETTINGS: ClassVar[Mapping[str, str]] = {}
     #: settings that shape only the training attack (unused by a method without one)
-    TRAINING_ATTACK_SETTINGS: ClassVar[tuple[str, ...]] = ("random_start", "attack_bn_training", "epsilon_warmup_epochs")
+    TRAINING_ATTACK_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "random_start", "attack_bn_training", "epsilon_warmup_epochs")
 
     def __init__(
         self,

@@ -49,7 +49,8 @@ def get(
 
     Args:
         name: one of :func:`available` (``small_cnn``, ``resnet18``, ``preact_resnet18``,
-            ``wide_resnet``, ``mobilenet_v2``).
+            ``wide_resnet``, ``mobilenet_v2``, and the RobustBench architectures ``dm_wide_resnet``,
+            ``dm_preact_resnet``, ``fast_preact_resnet18``).
         num_classes: number of output logits.
         input_shape: ``(H, W, C)`` of the [0, 1] input images.
         normalization: optional ``(mean, std)`` per channel; becomes the model's first layer.
