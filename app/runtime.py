@@ -1,9 +1,12 @@
 """An exported bundle at run time: the SavedModel, the ONNX model, the card and the example images.
 
 Uses TensorFlow, onnxruntime, NumPy and Pillow, and of this project only the Pillow image loader
-:mod:`export.images` (which the bundle's ``predict.py`` uses too): nothing of ``ardir_tf`` and no
-Keras source of the model, so the demo serves a bundle copied to a machine without the training
-library.
+:mod:`export.images` and the model-file opener :mod:`export.classifiers` (both copied into the bundle):
+nothing of ``ardir_tf`` and no Keras source of the model, so the demo serves a bundle copied to a
+machine without the training library. The quantized files of ``export --quantize``
+(``model_int8.tflite`` etc., listed in the card) are opened beside the float model when present
+(LiteRT files need the ``ai-edge-litert`` package) and shown how they classify the same clean and
+adversarial images; they are never attacked here (gradients do not flow through them).
 
 Attacks (all untargeted, on the model's own clean prediction, in the card's threat-model norm,
 pixels kept in [0, 1]) are the bundle's own SavedModel signatures, traced at export time from the
@@ -209,9 +212,28 @@ class Bundle:
                                               providers=["CPUExecutionProvider"])
         except Exception as err:
             raise BundleError(f"cannot load {os.path.join(self.path, 'model.onnx')!r}: {err}") from None
+        self.quantized = self._quantized()
         self.examples = self._examples()
         self._example_by_digest = {_digest(e.path): e for e in self.examples}
         self._tf = tf
+
+    def _quantized(self) -> dict:
+        """``{file name: session}`` of the card's quantized files present in the bundle (a LiteRT
+        file is skipped when ``ai-edge-litert`` is not installed)."""
+        from export import classifiers
+
+        out = {}
+        variants = ((self.card.get("quantization") or {}).get("variants") or {})
+        for name, v in variants.items():
+            file = os.path.join(self.path, str(v.get("file", "")))
+            if name == "float" or not os.path.isfile(file):
+                continue
+            try:
+                out[os.path.basename(file)] = classifiers.open_model(file, num_threads=1)
+            except classifiers.ModelFileError as err:
+                if "ai-edge-litert" not in str(err):
+                    raise BundleError(str(err)) from None
+        return out
 
     # ---------------------------------------------------------------------------- metadata
     def _examples(self) -> list[Example]:
@@ -248,6 +270,11 @@ class Bundle:
         """SavedModel probabilities ``[N, K]`` of ``[N, H, W, C]`` images in [0, 1]."""
         out = self._serve(images=self._tf.constant(np.asarray(x, np.float32)))
         return out["probabilities"].numpy()
+
+    def predict_quantized(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``{file name: probabilities [N, K]}`` of each quantized file on ``x``."""
+        x = np.asarray(x, np.float32)
+        return {name: session.run(["probabilities"], {"images": x})[0] for name, session in self.quantized.items()}
 
     def predict_onnx(self, x: np.ndarray) -> np.ndarray:
         """ONNX probabilities ``[N, K]`` (the deployed inference path)."""

@@ -317,6 +317,11 @@ class Demo:
                                      "probability": float(onnx[1].max())},
                      "agrees": onnx_labels == [label, adv_label], "max_abs_probability_diff": onnx_diff},
         }
+        quantized = bundle.predict_quantized(np.concatenate([x, x_adv]))
+        summary["quantized"] = {
+            name: {"clean": {"class": int(np.argmax(p[0])), "label": names[int(np.argmax(p[0]))]},
+                   "adversarial": {"class": int(np.argmax(p[1])), "label": names[int(np.argmax(p[1]))]}}
+            for name, p in quantized.items()}
         pert, gain = perturbation_display(delta, DISPLAY_SIZE)
         onnx_md = (f"**ONNX (deployed model.onnx)**: clean **{html.escape(names[onnx_labels[0]])}** "
                    f"({100 * onnx[0].max():.1f}%), adversarial **{html.escape(names[onnx_labels[1]])}** "
@@ -325,6 +330,10 @@ class Demo:
                    + f" (max |probability difference| {onnx_diff:.1e}). "
                    f"Perturbation: L-inf {summary['perturbation']['linf']:.3g}, L2 {summary['perturbation']['l2']:.3g}; "
                    f"the perturbation image shows it amplified {gain:.3g}x around mid-gray.")
+        if quantized:
+            onnx_md += "\n\n**Quantized files, same images** (clean → adversarial): " + "; ".join(
+                f"{html.escape(name)}: {html.escape(q['clean']['label'])} → {html.escape(q['adversarial']['label'])}"
+                for name, q in summary["quantized"].items()) + "."
         verdict = ("### " + ("Prediction flipped" if summary["flipped"] else "Prediction kept")
                    + f": {html.escape(names[label])} → {html.escape(names[adv_label])}")
         outputs = [to_display(x[0], DISPLAY_SIZE), _prediction_dict(p_clean, names), to_display(x_adv[0], DISPLAY_SIZE),

@@ -312,4 +312,80 @@ adv = m.signatures["pgd"](images=tf.constant(x), labels=tf.constant([k], tf.int3
 
 Load SavedModels from trusted sources only: a SavedModel is a TensorFlow graph and can read and
 write files when it runs.
+""" + (_quantized_md(card) if card.get("quantization") else "")
+
+
+def _quantized_md(card: dict) -> str:
+    section = card["quantization"]
+    files = [v["file"] for k, v in section["variants"].items() if k != "float"]
+    tflite = next((f for f in files if f.endswith(".tflite")), "model_int8.tflite")
+    return f"""
+## Quantized files
+
+{", ".join(f"`{f}`" for f in files)}: same input (float32 [N, H, W, C] in [0, 1]) and logits
+output as the float model; calibration: {section["calibration"]["source"]}. Measured on the export
+machine (robust accuracy: per example, the minimum over clean, transferred PGD-20/AutoAttack and a
+black-box Square attack on the file itself):
+
+{format_quantization(section)}
+
+LiteRT, without TensorFlow:
+
+    pip install ai-edge-litert numpy
+
+```python
+from ai_edge_litert.interpreter import Interpreter
+it = Interpreter(model_path="{tflite}")
+inp, out = it.get_input_details()[0], it.get_output_details()[0]
+it.resize_tensor_input(inp["index"], x.shape); it.allocate_tensors()
+it.set_tensor(inp["index"], x); it.invoke()
+logits = it.get_tensor(out["index"])                                  # float32 [N, classes]
+```
 """
+
+
+def quantization_rows(section: dict) -> list[dict]:
+    """One row per variant (float first) of the card's ``quantization`` section: file, bytes, size
+    ratio, latency (batch 1), throughput (batch 128), top-1 agreement, and the robustness figures
+    (clean, transfer PGD-20 / AutoAttack, Square, robust minimum) where measured."""
+    results = (section.get("robustness") or {}).get("results") or {}
+    rows = []
+    for name, v in section["variants"].items():
+        r = results.get(name) or {}
+        rows.append({
+            "variant": name, "file": v["file"], "bytes": v["bytes"], "size_ratio": v["size_ratio"],
+            "latency_ms_batch1": v.get("latency_ms_batch1"), "images_per_s_batch128": v.get("throughput_images_per_s"),
+            "top1_agreement": (v.get("verification") or {}).get("top1_agreement", 1.0 if name == "float" else None),
+            "clean": r.get("clean"),
+            "pgd20": r.get("transfer_pgd20", r.get("pgd20")),
+            "autoattack": r.get("transfer_autoattack", r.get("autoattack")),
+            "fakequant_pgd20": r.get("transfer_fakequant_pgd20"),
+            "square": r.get("square"),
+            "robust": r.get("robust"),
+            "warning": r.get("warning"),
+        })
+    return rows
+
+
+def format_quantization(section: dict) -> str:
+    """A Markdown table of :func:`quantization_rows` (accuracies in %; the float row's PGD-20 and
+    AutoAttack are white-box on the float model, the others' are those images transferred; FQ
+    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred)."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rob = section.get("robustness") or {}
+    head = ("| variant | file | bytes | size | latency b=1 (ms) | img/s b=128 | top-1 agree | clean | PGD-20 | "
+            "AutoAttack | FQ PGD-20 | Square | robust (min) |")
+    lines = [head, "|" + "---|" * 13]
+    for r in quantization_rows(section):
+        lines.append(f"| {r['variant']} | {r['file']} | {r['bytes']:,} | {100 * r['size_ratio']:.1f}% | "
+                     f"{r['latency_ms_batch1']:.3f} | {r['images_per_s_batch128']:,.0f} | {pct(r['top1_agreement'])} | "
+                     f"{pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} | {pct(r['fakequant_pgd20'])} | "
+                     f"{pct(r['square'])} | "
+                     f"{pct(r['robust'])} |")
+    if rob:
+        lines.append(f"\n{rob['examples']} held-out images, {rob['norm']} eps={rob['epsilon']:g}; Square "
+                     f"{rob['square_queries']} queries against each file through its runtime.")
+    for r in quantization_rows(section):
+        if r["warning"]:
+            lines.append(f"warning: {r['file']}: {r['warning']}")
+    return "\n".join(lines)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 
 from ardir_tf import data
 from ardir_tf.evaluate import float32_model
 from ardir_tf.io import load_model_file
-from export import atomic, card as card_lib, onnx_model, savedmodel, verify as verify_lib
+from export import atomic, card as card_lib, onnx_model, quantize as quantize_lib, savedmodel, verify as verify_lib
 
 CARD_FILE = "model_card.json"
 ONNX_FILE = "model.onnx"
@@ -28,7 +28,7 @@ SAVED_MODEL_DIR = "saved_model"
 EXAMPLES_DIR = "examples"
 MAX_EXAMPLES = 1000
 #: Files of this package copied into the bundle: the ONNX command line and its image loader.
-BUNDLED_SCRIPTS = ("predict.py", "images.py")
+BUNDLED_SCRIPTS = ("predict.py", "images.py", "classifiers.py")
 
 
 def _check_model(model: keras.Model, info: data.DatasetInfo) -> None:
@@ -58,6 +58,12 @@ def export(
     overwrite: bool = False,
     tolerance: float = verify_lib.DEFAULT_TOLERANCE,
     seed: int = 0,
+    quantize: Sequence[str] | str = (),
+    calibration: str | None = None,
+    calibration_examples: int = quantize_lib.DEFAULT_CALIBRATION_EXAMPLES,
+    min_agreement: float = quantize_lib.DEFAULT_MIN_AGREEMENT,
+    quantize_eval_examples: int = 200,
+    square_queries: int = 1000,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Exports, verifies and publishes ``model_path`` as the bundle ``out``.
@@ -77,7 +83,15 @@ def export(
             dataset's default).
         overwrite: replace an existing export at ``out``.
         tolerance: largest allowed absolute logit difference of the verification.
-        seed: seed of the verification's attack.
+        seed: seed of the verification's attack (and of the quantized files' robustness protocol).
+        quantize: quantization modes (:data:`export.quantize.MODES`, e.g. ``"dynamic,int8"``);
+            empty: no quantized files.
+        calibration: an ``.npz`` of calibration images for ``int8`` (default: the first
+            ``calibration_examples`` images of the training split).
+        calibration_examples: images of the default calibration sample.
+        min_agreement: least top-1 agreement of each quantized file with the float model.
+        quantize_eval_examples: held-out images of the quantized files' robustness protocol (0 skips it).
+        square_queries: Square's query budget in that protocol.
         log: where progress lines go.
 
     Returns:
@@ -96,6 +110,9 @@ def export(
         raise ValueError(f"--verify_examples must be at least {verify_lib.MIN_EXAMPLES}, got {verify_examples}")
     if not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
+    modes = quantize_lib.parse_modes(quantize)
+    if modes:
+        quantize_lib.check_options(calibration_examples, min_agreement, quantize_eval_examples, square_queries)
 
     model = float32_model(load_model_file(model_path))
     settings, results = card_lib.run_files(model_path, results_path)
@@ -106,8 +123,14 @@ def export(
     _check_model(model, info)
     student_layers, teacher_layers, layers_source = card_lib.ir_layers(model, settings)
     threat = card_lib.threat_model(settings, results, info, epsilon)
-    x, y = data.load_arrays(name, "test", data_dir if data_dir is not None else (settings or {}).get("data_dir"),
-                            examples=max(int(verify_examples), int(examples)))
+    data_dir = data_dir if data_dir is not None else (settings or {}).get("data_dir")
+    calibration_x = calibration_source = None
+    if modes:  # bad calibration input fails here, before anything is written
+        calibration_x, calibration_source = quantize_lib.calibration_sample(
+            name, data_dir, info.input_shape, calibration, calibration_examples)
+    x, y = data.load_arrays(name, "test", data_dir,
+                            examples=max(int(verify_examples), int(examples),
+                                         int(quantize_eval_examples) if modes else 0))
     if len(x) < verify_lib.MIN_EXAMPLES:
         raise ValueError(f"the test split of {info.name!r} has only {len(x)} images; the verification needs "
                          f"{verify_lib.MIN_EXAMPLES}")
@@ -116,6 +139,8 @@ def export(
     try:
         log(f"exporting {model_path} ({model.name}, {info.name}, {threat['norm']} eps={threat['epsilon']:g}) "
             f"to {out}")
+        if modes:  # LiteRT first: a model it cannot convert fails before the float artifacts are built
+            quantize_lib.write_variants(model, tmp, modes, calibration_x)
         sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
         savedmodel.save(model, sm_dir, info.input_shape, student_layers, threat["norm"])
         onnx_path = os.path.join(tmp, ONNX_FILE)
@@ -141,6 +166,15 @@ def export(
             student_layers=student_layers, teacher_layers=teacher_layers, layers_source=layers_source,
             examples=index, verification=report, onnx_file=onnx_path, onnx_opset=onnx_opset,
         )
+        if modes:
+            log(f"quantizing ({', '.join(modes)}; calibration: {calibration_source})")
+            model_card["quantization"] = quantize_lib.export_variants(
+                model, tmp, modes, calibration=calibration_x, calibration_source=calibration_source,
+                float_onnx=onnx_path, x=x[:max(int(verify_examples), int(quantize_eval_examples))],
+                y=y[:max(int(verify_examples), int(quantize_eval_examples))], epsilon=threat["epsilon"],
+                norm=threat["norm"], min_agreement=min_agreement, eval_examples=quantize_eval_examples,
+                queries=square_queries, seed=seed, log=log)
+            log(card_lib.format_quantization(model_card["quantization"]))
         with open(os.path.join(tmp, CARD_FILE), "w") as f:
             json.dump(model_card, f, indent=2)
             f.write("\n")
@@ -153,6 +187,8 @@ def export(
     except BaseException:
         atomic.discard(tmp)
         raise
-    log(f"wrote {out}: {SAVED_MODEL_DIR}/, {ONNX_FILE}, {CARD_FILE}, {EXAMPLES_DIR}/ ({len(index)} images), "
-        "BUILD.md, predict.py, images.py")
+    quantized = "".join(f"{v['file']}, " for k, v in (model_card.get("quantization") or {}).get("variants", {}).items()
+                        if k != "float")
+    log(f"wrote {out}: {SAVED_MODEL_DIR}/, {ONNX_FILE}, {quantized}{CARD_FILE}, {EXAMPLES_DIR}/ ({len(index)} images), "
+        "BUILD.md, predict.py, images.py, classifiers.py")
     return model_card

@@ -3,6 +3,10 @@
 Usage::
 
     python -m export.predict --onnx=DIR/model.onnx IMAGE [IMAGE ...] [--top_k=3] [--json] [--invert]
+    python -m export.predict --model=DIR/model_int8.tflite IMAGE ...   # or model_int8.onnx, model.onnx
+
+``--model`` takes any exported classifier file: ``.onnx`` (onnxruntime) or a quantized LiteRT
+``.tflite`` (``export --quantize``; needs the ``ai-edge-litert`` package, not TensorFlow).
 
 This file imports no TensorFlow and nothing from this project but the image loader
 :mod:`export.images` (Pillow and NumPy), so the export copies both into the bundle
@@ -33,9 +37,10 @@ from typing import Sequence
 import numpy as np
 
 if __package__:  # python -m export.predict, or imported from the project
-    from export import images
-else:  # the bundle's copy, run as `python predict.py`: images.py sits beside this file
+    from export import classifiers, images
+else:  # the bundle's copy, run as `python predict.py`: images.py and classifiers.py sit beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import classifiers
     import images
 
 
@@ -137,16 +142,16 @@ def class_names(onnx_path: str, session) -> list[str] | None:
 
 def open_session(onnx_path: str):
     """An onnxruntime CPU session, with a one-line error for a missing or invalid file."""
-    import onnxruntime as ort
+    return open_model(onnx_path)
 
-    if not os.path.isfile(onnx_path):
-        raise InputError(f"ONNX model {onnx_path!r} does not exist")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+
+def open_model(path: str):
+    """A session for ``path``: onnxruntime, or LiteRT for a ``.tflite`` file
+    (:func:`classifiers.open_model`), with a one-line :class:`InputError` for a bad file."""
     try:
-        return ort.InferenceSession(onnx_path, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own exception types
-        raise InputError(f"{onnx_path!r} is not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
+        return classifiers.open_model(path)
+    except classifiers.ModelFileError as err:
+        raise InputError(str(err)) from None
 
 
 def probabilities(session, x: np.ndarray) -> np.ndarray:
@@ -166,7 +171,8 @@ def top_k(probs: np.ndarray, k: int, names: Sequence[str] | None) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (0, or 2 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m export.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx", required=True, help="the exported model.onnx")
+    parser.add_argument("--onnx", help="the exported model.onnx")
+    parser.add_argument("--model", help="any exported classifier file: .onnx or a quantized .tflite")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or .npy arrays")
     parser.add_argument("--top_k", type=int, default=3, help="classes to print per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON list instead of text lines")
@@ -175,9 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.top_k < 1:
             raise InputError(f"--top_k must be >= 1, got {args.top_k}")
-        session = open_session(args.onnx)
+        if bool(args.onnx) == bool(args.model):
+            raise InputError("pass exactly one of --onnx and --model")
+        model_path = args.model or args.onnx
+        session = open_model(model_path)
         shape = model_input_shape(session)
-        names = class_names(args.onnx, session)
+        names = class_names(model_path, session)
         rows = []
         for path in args.images:
             x = load_image(path, shape, invert=args.invert)

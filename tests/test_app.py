@@ -65,14 +65,15 @@ MAKE_BUNDLE = textwrap.dedent("""
 """)
 
 # Runs the app's CLI with the training library and the exporter unimportable (all but the image
-# loader export.images, which the bundle's predict.py shares).
+# loader export.images and the model-file opener export.classifiers, which the bundle's predict.py
+# shares).
 SERVER = textwrap.dedent("""
     import importlib.abc, runpy, sys
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             top = name.split(".")[0]
-            if top == "ardir_tf" or (top == "export" and name not in ("export", "export.images")):
+            if top == "ardir_tf" or (top == "export" and name not in ("export", "export.images", "export.classifiers")):
                 raise ImportError(f"the demo must not import {name}")
             return None
 
