@@ -23,6 +23,7 @@ import pytest
 import tensorflow as tf
 
 from ardir_tf import data, evaluate, models
+from tree import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4
@@ -36,17 +37,6 @@ UNSEEN = slice(500, 628)
 def run(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300, **kw)
-
-
-def tree_digest(path: str) -> dict[str, str]:
-    """``relative path -> sha256`` of every file below ``path``."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 # ------------------------------------------------------------------------------------- fixtures

@@ -11,10 +11,8 @@ images with a small query budget. The bad-input tests point ``--out`` at a stand
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,6 +24,7 @@ import tensorflow as tf
 
 from ardir_tf import data, models
 from export import quantize, quantized_eval, runtimes
+from tree import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPSILON = 0.3
@@ -37,16 +36,6 @@ UNSEEN = slice(500, 628)  # held-out digits the export never used
 def run(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def tree_digest(path: str) -> dict[str, str]:
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def train_tiny(path, extra_layer=None):
