@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 from ardir_tf import data, evaluate, models
-from tree import tree_digest
+from dir_digest import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from ardir_tf import data, models
 from export import quantize, quantized_eval, runtimes
-from tree import tree_digest
+from dir_digest import tree_digest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPSILON = 0.3
