@@ -11,7 +11,7 @@ from ardir_tf.models.features import (
 from ardir_tf.models.registry import available, get, register
 
 # The shipped families, imported for their @register (after the registry, which they import).
-from ardir_tf.models import dm_wide_resnet, fast_preact_resnet, mobilenet_v2, resnet, small_cnn, wide_resnet  # noqa: E402,F401  isort: skip
+from ardir_tf.models import dm_wide_resnet, mobilenet_v2, resnet, small_cnn, wide_resnet  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "UnknownLayerError",

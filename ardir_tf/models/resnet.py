@@ -1,4 +1,5 @@
-"""``resnet18`` and ``preact_resnet18``: the CIFAR ResNet-18 variants of the robustness literature.
+"""``resnet18``, ``preact_resnet18`` and ``fast_preact_resnet18``: the CIFAR ResNet-18 variants of
+the robustness literature.
 
 Both follow the CIFAR layout used by the ARD/RSLAD/IAD reference code: a 3x3 stride-1 stem (no
 max-pool), four stages of two basic blocks with ``width``, ``2 width``, ``4 width``, ``8 width``
@@ -11,6 +12,9 @@ channels and strides 1/2/2/2, global average pooling and a ``Dense`` named ``log
   ``conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut``; a projection shortcut is a 1x1 convolution
   (no BN) applied to the pre-activated input. The stem is the bare convolution and the last stage is
   followed by ``final_bn`` + ``final_relu`` before pooling.
+* ``fast_preact_resnet18``: RobustBench's ``PreActResNet18`` (the fast-AT code): as
+  ``preact_resnet18``, but projection shortcuts read the raw block input and there is no
+  ``final_bn``/``final_relu``.
 
 Layer names (a stable API: attacks, IR distillation and exports refer to layers by name):
 
@@ -33,6 +37,8 @@ weights ported from PyTorch checkpoints exact.
 """
 
 from __future__ import annotations
+
+import functools
 
 from typing import Sequence
 
@@ -64,14 +70,16 @@ def _basic_block(x, filters: int, stride: int, prefix: str, out_name: str):
     return layers.ReLU(name=out_name)(y)
 
 
-def _preact_block(x, filters: int, stride: int, prefix: str, out_name: str):
-    """Pre-activation basic block; returns the residual addition (not activated)."""
+def _preact_block(x, filters: int, stride: int, prefix: str, out_name: str, shortcut_from_input: bool = False):
+    """Pre-activation basic block; returns the residual addition (not activated). A projection
+    shortcut reads ``relu(bn1(x))`` (He et al. 2016b), or the raw ``x`` with ``shortcut_from_input``
+    (the fast-AT code's ``PreActResNet18``)."""
     layers = keras.layers
     pre = _bn(x, f"{prefix}_bn1")
     pre = layers.ReLU(name=f"{prefix}_relu1")(pre)
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv(pre, filters, 1, stride, f"{prefix}_shortcut_conv")
+        shortcut = _conv(x if shortcut_from_input else pre, filters, 1, stride, f"{prefix}_shortcut_conv")
     y = _conv(pre, filters, 3, stride, f"{prefix}_conv1")
     y = _bn(y, f"{prefix}_bn2")
     y = layers.ReLU(name=f"{prefix}_relu2")(y)
@@ -93,6 +101,8 @@ def build_resnet(
     width: int,
     preact: bool,
     name: str,
+    final_activation: bool = True,
+    shortcut_from_input: bool = False,
 ) -> keras.Model:
     """Builds a CIFAR basic-block ResNet with ``len(blocks)`` stages (at most 4).
 
@@ -104,6 +114,8 @@ def build_resnet(
         width: channels of the stem and the first stage; stage ``i`` has ``width * 2**(i-1)``.
         preact: pre-activation blocks (with ``final_bn``/``final_relu``) instead of post-activation.
         name: the Keras model name.
+        final_activation: with ``preact``, the ``final_bn``/``final_relu`` after the last stage.
+        shortcut_from_input: with ``preact``, projection shortcuts read the raw block input.
 
     Returns:
         A functional ``keras.Model`` mapping ``[B, H, W, C]`` images to ``[B, num_classes]`` logits.
@@ -117,14 +129,14 @@ def build_resnet(
     if not preact:
         x = _bn(x, "stem_bn")
         x = layers.ReLU(name="stem_relu")(x)
-    block_fn = _preact_block if preact else _basic_block
+    block_fn = functools.partial(_preact_block, shortcut_from_input=shortcut_from_input) if preact else _basic_block
     for i, (n_blocks, stride, mult) in enumerate(
         zip(blocks, _STAGE_STRIDES, _STAGE_MULTIPLIERS), start=1
     ):
         for j in range(1, int(n_blocks) + 1):
             out_name = f"stage{i}" if j == n_blocks else f"stage{i}_block{j}_out"
             x = block_fn(x, width * mult, stride if j == 1 else 1, f"stage{i}_block{j}", out_name)
-    if preact:
+    if preact and final_activation:
         x = _bn(x, "final_bn")
         x = layers.ReLU(name="final_relu")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
@@ -186,3 +198,29 @@ def preact_resnet18(
         preact=True,
         name="preact_resnet18",
     )
+
+
+@register("fast_preact_resnet18")
+def fast_preact_resnet18(
+    num_classes: int,
+    input_shape: Sequence[int] = (32, 32, 3),
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> keras.Model:
+    """Builds the pre-activation ResNet-18 of the "fast adversarial training" code (Wong et al.
+    2020; Andriushchenko & Flammarion 2020), RobustBench's ``PreActResNet18`` (``resnet.py``).
+
+    It is :func:`preact_resnet18` (width 64) with two differences, kept so that those checkpoints
+    port exactly: projection shortcuts (1x1 convolution, no BN) read the raw block input, and no
+    BN/ReLU follows the last stage (``stage4`` goes straight to ``pool`` and ``logits``).
+
+    Args:
+        num_classes: number of logits.
+        input_shape: ``(H, W, C)`` of the [0, 1] images (32x32: ends at 4x4).
+        normalization: optional per-channel ``(mean, std)``.
+
+    Returns:
+        A functional ``keras.Model`` named ``fast_preact_resnet18``; stage outputs ``stage1`` ..
+        ``stage4``.
+    """
+    return build_resnet(num_classes, input_shape, normalization, (2, 2, 2, 2), 64, preact=True,
+                        name="fast_preact_resnet18", final_activation=False, shortcut_from_input=True)
