@@ -73,17 +73,43 @@ def _check_activation(activation: str) -> str:
     return activation
 
 
-def _dm_wide_block(x, filters: int, stride: int, activation: str, prefix: str, out_name: str):
+def _dm_block(x, filters: int, stride: int, activation: str, prefix: str, out_name: str, preact_resnet: bool):
+    """One DeepMind block: ``conv2(act2(bn2(conv1(act1(bn1(x)))))) + shortcut``. The shortcut is the
+    identity, or where the block changes the shape: in the WRN (channels change) a 1x1 convolution of
+    the pre-activated input; in the pre-activation ResNet (stride or channels change) a 3x3
+    convolution of the raw input."""
     pre = _bn(x, f"{prefix}_bn1")
     pre = _activation(pre, activation, f"{prefix}_act1")
     shortcut = x
-    if x.shape[-1] != filters:
+    if preact_resnet and (stride != 1 or x.shape[-1] != filters):
+        shortcut = same_conv(x, filters, 3, stride, f"{prefix}_shortcut_conv")
+    elif not preact_resnet and x.shape[-1] != filters:
         shortcut = same_conv(pre, filters, 1, stride, f"{prefix}_shortcut_conv")
     y = same_conv(pre, filters, 3, stride, f"{prefix}_conv1")
     y = _bn(y, f"{prefix}_bn2")
     y = _activation(y, activation, f"{prefix}_act2")
     y = same_conv(y, filters, 3, 1, f"{prefix}_conv2")
-    return keras.layers.Add(name=out_name)([shortcut, y])
+    return keras.layers.Add(name=out_name)([y, shortcut])
+
+
+def _dm_network(input_shape, normalization, num_classes: int, stem_channels: int,
+                stages: Sequence[tuple[int, int, int]], activation: str, preact_resnet: bool,
+                name: str) -> keras.Model:
+    """``stem_conv``, the ``stages`` (``(blocks, channels, stride)`` each; the last block of stage
+    ``i`` is named ``stage{i}``), ``final_bn``, ``final_act``, pooling and ``logits``."""
+    activation = _check_activation(activation)
+    inputs, x = inputs_and_normalize(input_shape, normalization)
+    x = same_conv(x, stem_channels, 3, 1, "stem_conv")
+    for i, (n_blocks, channels, stride) in enumerate(stages, start=1):
+        for j in range(1, n_blocks + 1):
+            out_name = f"stage{i}" if j == n_blocks else f"stage{i}_block{j}_out"
+            x = _dm_block(x, channels, stride if j == 1 else 1, activation, f"stage{i}_block{j}", out_name,
+                          preact_resnet)
+    x = _bn(x, "final_bn")
+    x = _activation(x, activation, "final_act")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
 
 
 @register("dm_wide_resnet")
@@ -116,33 +142,11 @@ def dm_wide_resnet(
         raise ValueError(f"dm_wide_resnet depth must be 6 n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth!r}")
     if int(width) != width or width < 1:
         raise ValueError(f"dm_wide_resnet width must be a positive integer, got {width!r}")
-    activation = _check_activation(activation)
     depth, width = int(depth), int(width)
     n_blocks = (depth - 4) // 6
-    inputs, x = inputs_and_normalize(input_shape, normalization)
-    x = same_conv(x, 16, 3, 1, "stem_conv")
-    for i, (channels, stride) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2)), start=1):
-        for j in range(1, n_blocks + 1):
-            out_name = f"stage{i}" if j == n_blocks else f"stage{i}_block{j}_out"
-            x = _dm_wide_block(x, channels, stride if j == 1 else 1, activation, f"stage{i}_block{j}", out_name)
-    x = _bn(x, "final_bn")
-    x = _activation(x, activation, "final_act")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name=f"dm_wide_resnet_{depth}_{width}")
-
-
-def _dm_preact_block(x, filters: int, stride: int, activation: str, prefix: str, out_name: str):
-    pre = _bn(x, f"{prefix}_bn1")
-    pre = _activation(pre, activation, f"{prefix}_act1")
-    shortcut = x
-    if stride != 1 or x.shape[-1] != filters:
-        shortcut = same_conv(x, filters, 3, stride, f"{prefix}_shortcut_conv")
-    y = same_conv(pre, filters, 3, stride, f"{prefix}_conv1")
-    y = _bn(y, f"{prefix}_bn2")
-    y = _activation(y, activation, f"{prefix}_act2")
-    y = same_conv(y, filters, 3, 1, f"{prefix}_conv2")
-    return keras.layers.Add(name=out_name)([y, shortcut])
+    stages = [(n_blocks, 16 * width, 1), (n_blocks, 32 * width, 2), (n_blocks, 64 * width, 2)]
+    return _dm_network(input_shape, normalization, num_classes, 16, stages, activation, False,
+                       f"dm_wide_resnet_{depth}_{width}")
 
 
 _PREACT_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -174,17 +178,6 @@ def dm_preact_resnet(
     """
     if depth not in _PREACT_BLOCKS:
         raise ValueError(f"dm_preact_resnet depth must be one of {sorted(_PREACT_BLOCKS)}, got {depth!r}")
-    activation = _check_activation(activation)
-    inputs, x = inputs_and_normalize(input_shape, normalization)
-    x = same_conv(x, 64, 3, 1, "stem_conv")
-    for i, (n_blocks, channels, stride) in enumerate(
-        zip(_PREACT_BLOCKS[depth], (64, 128, 256, 512), (1, 2, 2, 2)), start=1
-    ):
-        for j in range(1, n_blocks + 1):
-            out_name = f"stage{i}" if j == n_blocks else f"stage{i}_block{j}_out"
-            x = _dm_preact_block(x, channels, stride if j == 1 else 1, activation, f"stage{i}_block{j}", out_name)
-    x = _bn(x, "final_bn")
-    x = _activation(x, activation, "final_act")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(num_classes, name="logits")(x)
-    return keras.Model(inputs, logits, name=f"dm_preact_resnet_{depth}")
+    stages = list(zip(_PREACT_BLOCKS[depth], (64, 128, 256, 512), (1, 2, 2, 2)))
+    return _dm_network(input_shape, normalization, num_classes, 64, stages, activation, True,
+                       f"dm_preact_resnet_{depth}")
