@@ -1,10 +1,12 @@
 """``python -m app --export=DIR [--compare=DIR2] [--host=127.0.0.1] [--port=7860]``: the robustness demo.
 
-Runs on the exported artifacts alone (TensorFlow SavedModel, ONNX model, model card, example
-images): nothing of the training library is imported (of this project only the image loader
-:mod:`export.images`). Binds to 127.0.0.1 unless ``--host`` says otherwise and never opens a public
-share link (nor prints Gradio's advice to). Exit status 2 with one ``error: ...`` line for a
-bad bundle directory or flag.
+Runs on the exported artifacts (TensorFlow SavedModel, ONNX model, quantized files, model card,
+example images): of this project it imports only the image loader :mod:`export.images`, the
+model-file opener :mod:`export.classifiers`, the library's attacks (Square on the quantized files)
+and its quiet start (:mod:`ardir_tf.cli`), never the models, trainers or the exporter. Starts
+without TensorFlow's start-up log unless ``--verbose``. Binds to 127.0.0.1 unless ``--host`` says
+otherwise and never opens a public share link (nor prints Gradio's advice to). Exit status 2 with
+one ``error: ...`` line for a bad bundle directory or flag.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help="requests computed at the same time; the rest wait in the queue "
                              f"(default {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up log")
     parser.add_argument("--queue_size", type=int, default=DEFAULT_QUEUE_SIZE,
                         help="most requests waiting in the queue; more are refused with a message "
                              f"(default {DEFAULT_QUEUE_SIZE})")
@@ -46,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ardir_tf import cli  # no TensorFlow: the project's one quiet start, before TensorFlow loads
+
+    cli.quiet_start(["--verbose"] if args.verbose else [])
     from app.runtime import BundleError, check_bundle, MAX_UPLOAD_BYTES
 
     # Check the directories before the slow imports, so that a typo fails at once.

@@ -1,12 +1,14 @@
 """An exported bundle at run time: the SavedModel, the ONNX model, the card and the example images.
 
-Uses TensorFlow, onnxruntime, NumPy and Pillow, and of this project only the Pillow image loader
-:mod:`export.images` and the model-file opener :mod:`export.classifiers` (both copied into the bundle):
-nothing of ``ardir_tf`` and no Keras source of the model, so the demo serves a bundle copied to a
-machine without the training library. The quantized files of ``export --quantize``
-(``model_int8.tflite`` etc., listed in the card) are opened beside the float model when present
-(LiteRT files need the ``ai-edge-litert`` package) and shown how they classify the same clean and
-adversarial images; they are never attacked here (gradients do not flow through them).
+Uses TensorFlow, onnxruntime, NumPy and Pillow; of this project the image loader
+:mod:`export.images` and the model-file opener :mod:`export.classifiers` (both copied into the
+bundle), and of the library only its attacks package (:mod:`ardir_tf.attacks`, for Square on the
+quantized files) and its quiet start (:mod:`ardir_tf.cli`): never its models, trainers, data or the
+exporter, and no Keras source of the model. What is served and attacked with gradients is what the
+bundle holds. The quantized files of ``export --quantize`` (``model_int8.tflite`` etc., listed in
+the card) are opened beside the float model when present (LiteRT files need the ``ai-edge-litert``
+package): the page shows how they classify the same clean and adversarial images, and attacks them
+with Square (score-based: their runtimes give no gradients) through the files' own runtimes.
 
 Attacks (all untargeted, on the model's own clean prediction, in the card's threat-model norm,
 pixels kept in [0, 1]) are the bundle's own SavedModel signatures, traced at export time from the
@@ -22,8 +24,13 @@ library's attack functions (see ``export/savedmodel.py``); this module only call
     the ``cw`` signature: the same PGD on the Carlini-Wagner margin ``max_{j != y} z_j - z_y``
     (clamped at 50; ``steps=30`` is the protocol's ``cw``).
 
-The random start is drawn from a fixed seed (:data:`SEED`), so the same request gives the same
-images. A bundle exported before these signatures existed is refused with a one-line
+``Square`` (on a quantized file)
+    the library's Square attack (Andriushchenko et al. 2020, :class:`ardir_tf.attacks.autoattack.Square`)
+    against the file's own logits, ties accepted (the quantized logits are flat between steps),
+    at most :data:`MAX_SQUARE_QUERIES` queries per request.
+
+The random start (and Square's random search) is drawn from a fixed seed (:data:`SEED`), so the
+same request gives the same images. A bundle exported before these signatures existed is refused with a one-line
 :class:`BundleError` that says to export it again.
 """
 
@@ -34,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -51,6 +59,10 @@ MAX_UPLOAD_PIXELS = 40_000_000
 STEP_FRACTION = 0.25
 #: Stateless seed of the random start of PGD and CW.
 SEED = (0, 0)
+#: Most Square queries of one demo request (the export's protocol uses 1,000 per image).
+MAX_SQUARE_QUERIES = 2000
+#: Queries per compiled Square call: the request stops within this many queries of the flip.
+SQUARE_CHUNK = 25
 #: The SavedModel signature of each attack (bundles exported before them lack them).
 ATTACK_SIGNATURES = {"FGSM": "fgsm", "PGD": "pgd", "CW": "cw"}
 REQUIRED_FILES = ("model_card.json", "model.onnx", os.path.join("saved_model", "saved_model.pb"))
@@ -213,6 +225,9 @@ class Bundle:
         except Exception as err:
             raise BundleError(f"cannot load {os.path.join(self.path, 'model.onnx')!r}: {err}") from None
         self.quantized = self._quantized()
+        # A LiteRT interpreter is not thread-safe: one lock per quantized file, held by every call.
+        self._locks = {name: threading.Lock() for name in self.quantized}
+        self._square: dict = {}
         self.examples = self._examples()
         self._example_by_digest = {_digest(e.path): e for e in self.examples}
         self._tf = tf
@@ -274,7 +289,42 @@ class Bundle:
     def predict_quantized(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """``{file name: probabilities [N, K]}`` of each quantized file on ``x``."""
         x = np.asarray(x, np.float32)
-        return {name: session.run(["probabilities"], {"images": x})[0] for name, session in self.quantized.items()}
+        out = {}
+        for name, session in self.quantized.items():
+            with self._locks[name]:
+                out[name] = session.run(["probabilities"], {"images": x})[0]
+        return out
+
+    def square_quantized(self, x: np.ndarray, labels: np.ndarray, file: str, epsilon: float,
+                         queries: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Square against the quantized file ``file`` (a key of :attr:`quantized`) through its runtime.
+
+        Args:
+            x: ``[N, H, W, C]`` images in [0, 1]; labels: ``[N]`` the classes to move away from.
+            epsilon: radius in the card's norm; queries: budget per image (the first is the start).
+
+        Returns:
+            ``(x_adv, fooled, used)``: the best images found ``[N, H, W, C]``, ``[N]`` bool whether
+            the file's answer changed, and the queries spent (within :data:`SQUARE_CHUNK` of the flip).
+        """
+        from ardir_tf.attacks import primitives
+        from ardir_tf.attacks.autoattack import Square
+
+        if file not in self.quantized:
+            raise InputError(f"No quantized file {file!r} in this bundle; it has: {', '.join(self.quantized) or 'none'}.")
+        session, lock = self.quantized[file], self._locks[file]
+        with lock:  # also keeps one request's random stream whole (the generator is reset below)
+            key = (file, int(queries))
+            if key not in self._square:
+                logits = lambda b: session.run(["logits"], {"images": b})[0]  # noqa: E731
+                self._square[key] = Square(primitives.numpy_model(logits, len(self.class_names)), norm=self.norm,
+                                           queries=int(queries), seed=SEED[0], chunk=SQUARE_CHUNK, accept_ties=True)
+            attack = self._square[key]
+            attack.rng.reset_from_seed(SEED[0])  # the same request gives the same images
+            used = [1]
+            x_adv, fooled = attack(np.asarray(x, np.float32), np.asarray(labels, np.int32), float(epsilon),
+                                   progress=lambda done: used.append(done))
+        return x_adv, fooled, used[-1]
 
     def predict_onnx(self, x: np.ndarray) -> np.ndarray:
         """ONNX probabilities ``[N, K]`` (the deployed inference path)."""

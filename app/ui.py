@@ -2,7 +2,9 @@
 
 ``build(primary, compare=None)`` returns a ``gr.Blocks``; its named API endpoint ``/attack`` takes
 ``(image file, attack, eps, steps, invert)`` and returns the page's outputs, the last of which is a
-JSON summary (see ``docs/app.md``).
+JSON summary (see ``docs/app.md``). When the robust student's bundle holds quantized files, a
+second endpoint ``/square`` takes ``(image file, file, eps, queries, invert)`` and returns the
+status, the adversarial image, its perturbation, the file's prediction and a JSON summary.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any, Sequence
 import gradio as gr
 import numpy as np
 
-from app.runtime import (ATTACKS, MAX_STEPS, Bundle, InputError, card_robustness, load_image,
+from app.runtime import (ATTACKS, MAX_SQUARE_QUERIES, MAX_STEPS, Bundle, InputError, card_robustness, load_image,
                          perturbation_display, to_display)
 
 DEFAULT_ATTACK = "PGD"
 DEFAULT_STEPS = 10
+DEFAULT_SQUARE_QUERIES = 300
 #: Points of the accuracy-versus-eps curve computed at start-up when the card has no sweep.
 SWEEP_POINTS = 9
 SWEEP_STEPS = 10
@@ -240,9 +243,20 @@ class Demo:
 
     # One request ------------------------------------------------------------------------------
     def run(self, image: str | None, attack: str, eps: float, steps: float, invert: bool = False) -> tuple:
+        result = self._guarded(self._run, image, attack, eps, steps, bool(invert))
+        result["outputs"].insert(0, self._status(result["summary"]))
+        return tuple(result["outputs"]) + (result["summary"],)
+
+    def square(self, image: str | None, file: str, eps: float, queries: float, invert: bool = False) -> tuple:
+        """The ``/square`` endpoint: Square against a quantized file of the robust student."""
+        result = self._guarded(self._square, image, file, eps, queries, bool(invert))
+        return tuple(result["outputs"]) + (result["summary"],)
+
+    @staticmethod
+    def _guarded(fn, *args) -> dict:
         start = time.perf_counter()
         try:
-            result = self._run(image, attack, eps, steps, bool(invert))
+            result = fn(*args)
         except InputError as err:  # a bad request, not a bug: a message in the page, no traceback in the log
             raise gr.Error(str(err), print_exception=False) from None
         except gr.Error:
@@ -252,12 +266,9 @@ class Demo:
             raise gr.Error(f"The attack failed ({type(err).__name__}); the server log has the details.",
                            print_exception=False) from None
         result["summary"]["seconds"] = round(time.perf_counter() - start, 3)
-        result["outputs"].insert(0, self._status(result["summary"]))
-        return tuple(result["outputs"]) + (result["summary"],)
+        return result
 
-    def _run(self, image, attack, eps, steps, invert) -> dict:
-        if attack not in ATTACKS:
-            raise InputError(f"Unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}.")
+    def _check_eps(self, eps) -> float:
         try:
             eps = float(eps)
         except (TypeError, ValueError):
@@ -266,6 +277,12 @@ class Demo:
             raise InputError(f"eps must lie in [0, {self.max_eps:g}]; got {eps:g}.")
         if self.levels and abs(eps * 255 - round(eps * 255)) < 0.02:
             eps = round(eps * 255) / 255
+        return eps
+
+    def _run(self, image, attack, eps, steps, invert) -> dict:
+        if attack not in ATTACKS:
+            raise InputError(f"Unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}.")
+        eps = self._check_eps(eps)
         try:
             steps_f = float(steps)
         except (TypeError, ValueError):
@@ -340,6 +357,45 @@ class Demo:
                    pert, _prediction_dict(p_adv, names), verdict, onnx_md]
         return summary, outputs
 
+    def _square(self, image, file, eps, queries, invert) -> dict:
+        bundle = self.bundles[0]
+        if not bundle.quantized:
+            raise InputError("This bundle has no quantized files (export it with --quantize=int8).")
+        if file not in bundle.quantized:
+            raise InputError(f"Unknown quantized file {file!r}; choose one of {', '.join(bundle.quantized)}.")
+        eps = self._check_eps(eps)
+        try:
+            q = float(queries)
+        except (TypeError, ValueError):
+            raise InputError(f"queries must be a whole number; got {queries!r}.") from None
+        if not (math.isfinite(q) and q == int(q) and 1 <= q <= MAX_SQUARE_QUERIES):
+            raise InputError(f"queries must be a whole number in [1, {MAX_SQUARE_QUERIES}]; got {queries!r}.")
+        if image is None:
+            raise InputError("No image: pick an example or upload an image file.")
+        x, _ = load_image(image, bundle.shape, invert)
+        x = x[None]
+        names = bundle.class_names
+        p_clean = bundle.predict_quantized(x)[file][0]
+        label = int(np.argmax(p_clean))
+        x_adv, fooled, used = bundle.square_quantized(x, np.array([label], np.int32), file, eps, int(q))
+        p_adv = bundle.predict_quantized(x_adv)[file][0]
+        adv_label = int(np.argmax(p_adv))
+        delta = x_adv[0] - x[0]
+        summary = {"file": file, "attack": "Square", "epsilon": eps, "queries": int(q), "queries_used": int(used),
+                   "clean": {"class": label, "label": names[label], "probability": float(p_clean[label])},
+                   "adversarial": {"class": adv_label, "label": names[adv_label], "probability": float(p_adv[adv_label]),
+                                   "top5": _top(p_adv, names)},
+                   "flipped": adv_label != label,
+                   "perturbation": {"linf": float(np.max(np.abs(delta))), "l2": float(np.sqrt(np.sum(delta ** 2)))}}
+        eps_text = _eps_text(eps, bundle.norm, bundle.shape[2])
+        status = (f"**Square** on `{html.escape(file)}`, eps = {eps_text}: {html.escape(names[label])} → "
+                  f"{html.escape(names[adv_label])} "
+                  + (f"(**fooled** after at most {used} queries)" if summary["flipped"]
+                     else f"(kept its answer for all {int(q)} queries)") + ".")
+        pert, _ = perturbation_display(delta, DISPLAY_SIZE)
+        outputs = [status, to_display(x_adv[0], DISPLAY_SIZE), pert, _prediction_dict(p_adv, names)]
+        return {"summary": summary, "outputs": outputs}
+
     def _status(self, summary: dict) -> str:
         attack = summary["attack"] + ("" if summary["attack"] == "FGSM" else f"-{summary['steps']}")
         src = summary["input"]
@@ -362,6 +418,8 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
     card = primary.card
     dataset = (card.get("dataset") or {}).get("name") or "?"
 
+    shown = dict(interactive=False, height=DISPLAY_SIZE, format="png", min_width=90, buttons=[],
+                 elem_classes=["shown-image"])  # the images the page shows (not inputs)
     with gr.Blocks(title="Robustness demo", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# Adversarial robustness, live\n"
@@ -404,8 +462,6 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                             gr.Markdown(f"### {html.escape(role.capitalize())}: {html.escape(b.name)}",
                                         elem_classes=["model-heading"])
                             with gr.Row():
-                                shown = dict(interactive=False, height=DISPLAY_SIZE, format="png", min_width=90,
-                                             buttons=[], elem_classes=["shown-image"])
                                 clean_img = gr.Image(label=f"{role}: clean image", elem_id=f"clean-{i}", **shown)
                                 adv_img = gr.Image(label=f"{role}: adversarial image", elem_id=f"adversarial-{i}",
                                                    **shown)
@@ -419,6 +475,35 @@ def build(primary: Bundle, compare: Bundle | None = None, *, curves: list[dict] 
                             verdict = gr.Markdown(label=f"{role}: verdict", elem_id=f"verdict-{i}")
                             onnx_md = gr.Markdown(label=f"{role}: onnx check", elem_id=f"onnx-{i}")
                             outputs += [clean_img, clean_label, adv_img, pert_img, adv_label, verdict, onnx_md]
+        if primary.quantized:
+            files = list(primary.quantized)
+            with gr.Accordion("Black-box: the Square attack on a quantized file of the robust student",
+                              open=True, elem_id="square-section"):
+                gr.Markdown("The quantized files run in their own runtimes (LiteRT, onnxruntime), which give no "
+                            "gradients, so they are attacked by **Square**: a random search that only reads the "
+                            "file's scores. It uses the image, eps and inversion chosen above.")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=280):
+                        square_file = gr.Dropdown(files, value=next((f for f in files if "int8" in f), files[0]),
+                                                  label="quantized file", elem_id="square-file")
+                        square_queries = CheckedSlider(minimum=1, maximum=MAX_SQUARE_QUERIES,
+                                                       value=DEFAULT_SQUARE_QUERIES, step=1, label="queries",
+                                                       what="queries", elem_id="square-queries")
+                        square_run = gr.Button("Run Square on the quantized file", elem_id="square-run")
+                    with gr.Column(scale=3):
+                        square_status = gr.Markdown(label="square: status", elem_id="square-status")
+                        with gr.Row():
+                            square_img = gr.Image(label="square: adversarial image", elem_id="square-adversarial",
+                                                  **shown)
+                            square_pert = gr.Image(label="square: perturbation", elem_id="square-perturbation",
+                                                   **shown)
+                            square_label = gr.Label(num_top_classes=5, label="square: prediction of the file",
+                                                    elem_id="square-label")
+                        with gr.Accordion("Square result as JSON", open=False):
+                            square_summary = gr.JSON(label="square: summary", elem_id="square-summary")
+            square_run.click(demo_logic.square, inputs=[image, square_file, eps, square_queries, invert],
+                             outputs=[square_status, square_img, square_pert, square_label, square_summary],
+                             api_name="square", concurrency_id="square")
         with gr.Row():
             with gr.Column():
                 gr.Markdown("## Robustness numbers\n" + robustness_markdown(bundles, demo_logic.roles),

@@ -99,7 +99,8 @@ def quiet_start(argv: Sequence[str]) -> None:
     """Starts a command-line tool without TensorFlow's start-up log, unless ``argv`` has ``--verbose``.
 
     Must run before ``tensorflow`` is imported: ``ardir_tf/__init__.py`` calls it when the process
-    is ``python -m`` one of :data:`TOOL_PACKAGES`' modules. It sets ``TF_CPP_MIN_LOG_LEVEL=1``
+    is ``python -m`` one of :data:`TOOL_PACKAGES`' modules, and the demo (``app/__main__.py``)
+    calls it itself. It sets ``TF_CPP_MIN_LOG_LEVEL=1``
     (TensorFlow's C++ INFO lines off, warnings and errors kept; a value set by the user wins) and
     filters the lines that TensorFlow writes before its logging honours that level: at import and
     at CUDA's start. Anything else on stderr in those moments is written out unchanged.

@@ -347,7 +347,7 @@ logits = it.get_tensor(out["index"])                                  # float32 
 def quantization_rows(section: dict) -> list[dict]:
     """One row per variant (float first) of the card's ``quantization`` section: file, bytes, size
     ratio, latency (batch 1), throughput (batch 128), top-1 agreement, and the robustness figures
-    (clean, transfer PGD-20 / AutoAttack, Square, robust minimum) where measured."""
+    (clean, transfer PGD-20 / AutoAttack, BPDA, Square, robust minimum) where measured."""
     results = (section.get("robustness") or {}).get("results") or {}
     rows = []
     for name, v in section["variants"].items():
@@ -360,6 +360,7 @@ def quantization_rows(section: dict) -> list[dict]:
             "pgd20": r.get("transfer_pgd20", r.get("pgd20")),
             "autoattack": r.get("transfer_autoattack", r.get("autoattack")),
             "fakequant_pgd20": r.get("transfer_fakequant_pgd20"),
+            "bpda": r.get("bpda"),
             "square": r.get("square"),
             "robust": r.get("robust"),
             "warning": r.get("warning"),
@@ -370,21 +371,25 @@ def quantization_rows(section: dict) -> list[dict]:
 def format_quantization(section: dict) -> str:
     """A Markdown table of :func:`quantization_rows` (accuracies in %; the float row's PGD-20 and
     AutoAttack are white-box on the float model, the others' are those images transferred; FQ
-    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred)."""
+    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred; BPDA: white-box on the
+    file's own logits with the float model's and the copy's gradients)."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     rob = section.get("robustness") or {}
     head = ("| variant | file | bytes | size | latency b=1 (ms) | img/s b=128 | top-1 agree | clean | PGD-20 | "
-            "AutoAttack | FQ PGD-20 | Square | robust (min) |")
-    lines = [head, "|" + "---|" * 13]
+            "AutoAttack | FQ PGD-20 | BPDA | Square | robust (min) |")
+    lines = [head, "|" + "---|" * 14]
     for r in quantization_rows(section):
         lines.append(f"| {r['variant']} | {r['file']} | {r['bytes']:,} | {100 * r['size_ratio']:.1f}% | "
                      f"{r['latency_ms_batch1']:.3f} | {r['images_per_s_batch128']:,.0f} | {pct(r['top1_agreement'])} | "
                      f"{pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} | {pct(r['fakequant_pgd20'])} | "
-                     f"{pct(r['square'])} | "
+                     f"{pct(r['bpda'])} | {pct(r['square'])} | "
                      f"{pct(r['robust'])} |")
     if rob:
+        bpda = rob.get("bpda")
         lines.append(f"\n{rob['examples']} held-out images, {rob['norm']} eps={rob['epsilon']:g}; Square "
-                     f"{rob['square_queries']} queries against each file through its runtime.")
+                     f"{rob['square_queries']} queries against each file through its runtime"
+                     + (f"; BPDA {bpda['steps']} steps x {bpda['restarts']} restarts per gradient source "
+                        f"({', '.join(bpda['gradient_sources'])})" if bpda else "") + ".")
     for r in quantization_rows(section):
         if r["warning"]:
             lines.append(f"warning: {r['file']}: {r['warning']}")

@@ -387,12 +387,13 @@ def export_variants(
         "robustness": None,
     }
     if eval_examples:
+        from ardir_tf.attacks import bpda
         from export import quantized_eval as qe
 
         n = min(int(eval_examples), len(x))
         xe, ye = x[:n], y[:n]
         log(f"robustness protocol on {n} held-out images ({norm} eps={epsilon:g}): float model PGD-{qe.PGD_STEPS}, "
-            f"AutoAttack, Square {queries} queries ...")
+            f"AutoAttack; on each file BPDA-{bpda.STEPS} and Square {queries} queries ...")
         tf_logger = tf.get_logger()
         level = tf_logger.level
         tf_logger.setLevel("ERROR")  # each Square instance retraces per batch size: expected, not news
@@ -415,9 +416,10 @@ def export_variants(
                                     autoattack_members=autoattack_members, surrogate=surrogate)
             float_row = qe.summarize_float(side)
             results = {"float": float_row}
+            sources = {"float": model, **({"fakequant": surrogate} if surrogate is not None else {})}
             for name, clf in files.items():
                 results[name] = qe.evaluate_file(clf, xe, ye, side, epsilon=epsilon, norm=norm, queries=queries,
-                                                 seed=seed, float_gap=float_row["gap"])
+                                                 seed=seed, float_gap=float_row["gap"], gradient_sources=sources)
         finally:
             tf_logger.setLevel(level)
         for name in files:
@@ -427,12 +429,13 @@ def export_variants(
             "examples": n, "split": f"test, first {n} images", "epsilon": float(epsilon), "norm": norm,
             "pgd": f"PGD-{qe.PGD_STEPS} on the float model, uniform start, step eps/4, cross-entropy",
             "autoattack": side["autoattack_settings"],
-            "square_queries": int(queries), "seed": int(seed),
+            "square_queries": int(queries), "square_accepts_ties": True, "seed": int(seed),
+            "bpda": {**bpda.describe(norm, seed=seed), "gradient_sources": sorted(sources)},
             "fake_quantized_copy": None if surrogate is None else {
                 "attack": f"PGD-{qe.PGD_STEPS} white-box on the fake-quantized float copy (export/fake_quant.py)",
                 "top1_agreement_with_files": surrogate_agreement,
                 "accuracy_on_its_own_pgd20": side["surrogate_accuracy"]},
-            "robust": "per example: correct clean, on both transferred images and after Square",
+            "robust": "per example: correct clean, on every transferred image, under BPDA and after Square",
             "results": results,
         }
     return section

@@ -9,14 +9,21 @@ figure is reported on its own:
    float model, :func:`ardir_tf.attacks.pgd`, :class:`ardir_tf.attacks.autoattack.AutoAttack`),
    classified by the file; and, when a ``surrogate`` is given (the fake-quantized copy of
    :mod:`export.fake_quant`), PGD-20 white-box on that copy, classified by the file;
-3. **black-box**: the Square attack (:class:`ardir_tf.attacks.autoattack.Square`, score-based, no
+3. **BPDA**: a white-box attack on the file's own computation (:class:`ardir_tf.attacks.BPDA`):
+   the file's logits pick each step's direction and judge success, the gradients come from the
+   float model and, when given, the fake-quantized copy (one run with each; an image counts as
+   broken if either breaks it). Transfer stops at the surrogate's decision boundary; BPDA goes on
+   until the file's own decision changes;
+4. **black-box**: the Square attack (:class:`ardir_tf.attacks.autoattack.Square`, score-based, no
    gradients) run against the file through its own runtime (:mod:`export.runtimes`), with a
-   stated query budget, on the images the file classifies correctly.
+   stated query budget, on the images the file classifies correctly. Proposals that leave the
+   margin unchanged are accepted (``accept_ties``), so the search crosses the plateaus of a
+   quantized file's logits instead of stalling on them.
 
 The file's **robust accuracy** is the per-example minimum: an image counts only if the file
 classifies it correctly clean, on both transferred images and after Square. The float model gets
-the same figures (white-box PGD-20 and AutoAttack instead of transfer, and Square with the same
-budget), so each change is measured against it on the same images.
+the same figures (white-box PGD-20, AutoAttack and BPDA instead of transfer, and Square with the
+same budget), so each change is measured against it on the same images.
 
 A warning is raised when a file's gap between black-box and transfer accuracy differs from the
 float model's gap (Square accuracy minus white-box accuracy) by more than ``WARN_GAP`` (5
@@ -33,7 +40,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf.attacks import pgd
+from ardir_tf.attacks import BPDA, bpda, pgd, primitives
 from ardir_tf.attacks.autoattack import AutoAttack, Square
 
 PGD_STEPS = 20
@@ -43,23 +50,11 @@ DEFAULT_QUERIES = 1000
 WARN_GAP = 0.05
 
 
-def tf_callable(classifier: Callable[[np.ndarray], np.ndarray], num_classes: int) -> Callable:
-    """Wraps a numpy classifier (e.g. a LiteRT interpreter) as ``model(x, training=False) -> logits``
-    usable inside ``tf.function`` (``tf.numpy_function``): what the score-based attacks call."""
-
-    def call(x, training=False):
-        del training
-        out = tf.numpy_function(lambda b: np.asarray(classifier(b), np.float32), [x], tf.float32, stateful=True)
-        return tf.reshape(out, [tf.shape(x)[0], num_classes])
-
-    return call
-
-
 def square(model: Callable, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: str, queries: int, seed: int,
            batch_size: int = 500) -> np.ndarray:
-    """``[N]`` bool: the images Square (``queries`` queries) did *not* break. Images ``model``
-    misclassifies are broken by its first query."""
-    attack = Square(model, norm=norm, queries=queries, seed=seed)
+    """``[N]`` bool: the images Square (``queries`` queries, ties accepted) did *not* break. Images
+    ``model`` misclassifies are broken by its first query."""
+    attack = Square(model, norm=norm, queries=queries, seed=seed, accept_ties=True)
     survived = np.ones(len(x), bool)
     for i in range(0, len(x), batch_size):
         _, broken = attack(x[i:i + batch_size], y[i:i + batch_size], float(epsilon))
@@ -73,7 +68,8 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
 
     Returns ``{"x_pgd20", "x_autoattack"`` (``[N, H, W, C]``: the adversarial image where the
     attack found one, else the clean image), ``"correct"``: ``{"clean", "pgd20", "autoattack",
-    "square"}`` of ``[N]`` bool, and ``"autoattack_settings"}``. AutoAttack is the standard version
+    "bpda", "square"}`` of ``[N]`` bool (BPDA: :class:`ardir_tf.attacks.BPDA` with the float model as
+    target and surrogate), and ``"autoattack_settings"}``. AutoAttack is the standard version
     with Square at ``queries`` queries (``autoattack_members`` restricts it, for tests). With a
     ``surrogate`` (a differentiable stand-in of the quantized files) it also holds
     ``"x_fakequant_pgd20"`` (PGD-20 white-box on the surrogate) and ``"surrogate_accuracy"`` (the
@@ -92,10 +88,10 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
                    generator.make_seeds(1)[:, 0]).numpy() for i in range(0, len(x), batch_size)])
 
     x_pgd = pgd20(model)
+    call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     kwargs = {"attacks": autoattack_members} if autoattack_members else {}
     aa = AutoAttack(model, norm=norm, square_queries=queries, batch_size=batch_size, seed=seed, **kwargs)
     result = aa.run(x, y, epsilon)
-    call = tf.function(lambda b: model(b, training=False), reduce_retracing=True)
     predict = lambda a: np.concatenate([np.argmax(call(tf.constant(a[i:i + batch_size])).numpy(), -1)  # noqa: E731
                                         for i in range(0, len(a), batch_size)])
     extra = {}
@@ -105,6 +101,11 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
         extra = {"x_fakequant_pgd20": x_fq, "surrogate_accuracy": float(np.mean(np.concatenate([
             np.argmax(scall(tf.constant(x_fq[i:i + batch_size])).numpy(), -1)
             for i in range(0, len(x), batch_size)]) == y))}
+    # BPDA with the float model as both target and surrogate: the same attack the files get, here
+    # plainly white-box, so that the float row is attacked at least as hard as the files.
+    logits = lambda a: np.concatenate([call(tf.constant(a[i:i + batch_size])).numpy()  # noqa: E731
+                                       for i in range(0, len(a), batch_size)])
+    _, bpda_broken = BPDA(logits, model, norm=norm, seed=seed)(x, y, epsilon)
     return {
         **extra,
         "x_pgd20": x_pgd,
@@ -113,6 +114,7 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
             "clean": predict(x) == y,
             "pgd20": predict(x_pgd) == y,
             "autoattack": result.robust.copy(),
+            "bpda": ~bpda_broken,
             "square": square(model, x, y, epsilon=epsilon, norm=norm, queries=queries, seed=seed),
         },
         "autoattack_settings": aa.settings(),
@@ -125,9 +127,9 @@ def _rates(correct: Mapping[str, np.ndarray]) -> dict:
 
 def summarize_float(side: dict) -> dict:
     """The float model's figures: each accuracy, ``robust`` (per-example minimum over clean, PGD-20,
-    AutoAttack and Square) and ``gap`` (Square accuracy minus the white-box accuracy)."""
+    AutoAttack, BPDA and Square) and ``gap`` (Square accuracy minus the white-box accuracy)."""
     c = side["correct"]
-    white = c["clean"] & c["pgd20"] & c["autoattack"]
+    white = c["clean"] & c["pgd20"] & c["autoattack"] & c.get("bpda", c["clean"])
     out = _rates(c)
     out["white_box"] = float(np.mean(white))
     out["robust"] = float(np.mean(white & c["square"]))
@@ -136,8 +138,9 @@ def summarize_float(side: dict) -> dict:
 
 
 def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsilon: float, norm: str,
-                  queries: int, seed: int = 0, float_gap: float | None = None) -> dict:
-    """Clean, transfer and black-box accuracy of one file (a :class:`export.runtimes.Classifier`).
+                  queries: int, seed: int = 0, float_gap: float | None = None,
+                  gradient_sources: Mapping[str, Callable] | None = None, bpda_steps: int = bpda.STEPS) -> dict:
+    """Clean, transfer, BPDA and black-box accuracy of one file (a :class:`export.runtimes.Classifier`).
 
     Args:
         classifier: ``images [N, H, W, C] -> logits [N, K]`` through the file's runtime.
@@ -145,14 +148,18 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
         side: :func:`float_attacks` on the same images.
         epsilon, norm: the threat model.
         queries: Square's query budget per image.
-        seed: Square's seed.
+        seed: Square's and BPDA's seed.
         float_gap: the float model's ``gap`` (:func:`summarize_float`), for the warning.
+        gradient_sources: ``{name: differentiable model}`` whose gradients BPDA follows (the float
+            model, the fake-quantized copy); ``None`` or empty leaves BPDA out.
+        bpda_steps: BPDA's steps per restart.
 
     Returns:
         ``{"clean", "transfer_pgd20", "transfer_autoattack", ["transfer_fakequant_pgd20",]
-        "transfer", "square", "robust"}`` accuracies (``transfer``: every transfer per example;
-        ``robust``: the per-example minimum of everything), ``"gap"`` (square minus transfer) and
-        ``"warning"`` (a sentence or ``None``).
+        "transfer", ["bpda_<source>", ..., "bpda",] "square", "robust"}`` accuracies (``transfer``:
+        every transfer per example; ``bpda``: every gradient source per example; ``robust``: the
+        per-example minimum of everything), ``"gap"`` (square minus transfer) and ``"warning"``
+        (a sentence or ``None``).
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int32)
@@ -162,15 +169,28 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
     t_aa = predict(side["x_autoattack"]) == y
     survived = np.zeros(len(x), bool)
     idx = np.flatnonzero(clean)
+    num_classes = int(getattr(classifier, "num_classes", 0) or classifier(x[:1]).shape[-1])
     if len(idx):
-        model = tf_callable(classifier, int(getattr(classifier, "num_classes", 0) or classifier(x[:1]).shape[-1]))
-        survived[idx] = square(model, x[idx], y[idx], epsilon=epsilon, norm=norm, queries=queries, seed=seed)
+        survived[idx] = square(primitives.numpy_model(classifier, num_classes), x[idx], y[idx], epsilon=epsilon,
+                               norm=norm, queries=queries, seed=seed)
     rates = {"clean": clean, "transfer_pgd20": t_pgd, "transfer_autoattack": t_aa}
     transfer = clean & t_pgd & t_aa
     if "x_fakequant_pgd20" in side:
         rates["transfer_fakequant_pgd20"] = predict(side["x_fakequant_pgd20"]) == y
         transfer = transfer & rates["transfer_fakequant_pgd20"]
-    out = _rates({**rates, "transfer": transfer, "square": clean & survived, "robust": transfer & survived})
+    robust = transfer & survived
+    if gradient_sources:
+        white = clean.copy()
+        for name, source in gradient_sources.items():
+            kept = clean.copy()
+            if len(idx):
+                _, broken = BPDA(classifier, source, norm=norm, steps=bpda_steps, seed=seed)(x[idx], y[idx], epsilon)
+                kept[idx] = ~broken
+            rates[f"bpda_{name}"] = kept
+            white &= kept
+        rates["bpda"] = white
+        robust = robust & white
+    out = _rates({**rates, "transfer": transfer, "square": clean & survived, "robust": robust})
     out["gap"] = out["square"] - out["transfer"]
     out["warning"] = None
     if float_gap is not None and abs(out["gap"] - float_gap) > WARN_GAP:

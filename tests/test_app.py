@@ -6,10 +6,13 @@ about 60 s of CPU): a PGD-AT student (eps 0.3 with eps warm-up; ~94% natural, ~6
 standard one (~89% natural, 0% robust). ``ARDIR_APP_TEST_BUNDLES=DIR`` keeps them in ``DIR`` and
 reuses them on the next run.
 
-One server runs the real CLI in a subprocess on a free port, with ``ardir_tf`` and ``export`` (but
-its image loader ``export.images``) made unimportable: the app must work on the exported artifacts
-alone, attacking through the bundle's own signatures. The tests drive its API with
-``gradio_client``, send bad uploads and 20 concurrent requests, and open the page in headless
+The robust bundle also holds ``model_int8.tflite`` (``--quantize=int8``, without the robustness
+protocol). One server runs the real CLI in a subprocess on a free port, as a user starts it (no
+``TF_CPP_MIN_LOG_LEVEL``), with the training library and the exporter made unimportable (all of
+``ardir_tf`` but its attacks and its quiet start; all of ``export`` but the image loader and the
+model-file opener): the app must work on the exported artifacts, attacking through the bundle's
+own signatures (and the quantized file through its runtime, with the library's Square). The tests
+drive its API with ``gradio_client``, send bad uploads and 20 concurrent requests, and open the page in headless
 Chromium (Debian's ``chromium`` package driven by Playwright). Without Chromium or Playwright the
 browser test is skipped locally and **fails** when ``CI`` is set.
 """
@@ -47,6 +50,7 @@ TRAIN = {
     # ~89% natural, 0% robust; PGD at 0.2 flips ~94% of its predictions.
     "standard": ["--method=standard", "--epochs=2", "--train_examples=2000"],
 }
+QUANTIZE = {"robust": "int8", "standard": ""}
 
 # Trains (ardir_tf.train.run, as `python -m ardir_tf.train` does) and exports (export.exporter.export,
 # as `python -m export` does) in one process: one TensorFlow start-up per bundle instead of two.
@@ -56,24 +60,29 @@ MAKE_BUNDLE = textwrap.dedent("""
     from ardir_tf import train
     from export import exporter
 
-    workdir, out, examples, *args = sys.argv[1:]
+    workdir, out, examples, quantize, *args = sys.argv[1:]
     values = flags.FlagValues()
     train.define_flags(values)
     values(["train", f"--workdir={workdir}", *args])
     train.run(train.settings_from_flags(values))
-    exporter.export(f"{workdir}/model.keras", out, examples=int(examples), verify_examples=64)
+    exporter.export(f"{workdir}/model.keras", out, examples=int(examples), verify_examples=64,
+                    quantize=quantize, quantize_eval_examples=0)
 """)
 
-# Runs the app's CLI with the training library and the exporter unimportable (all but the image
-# loader export.images and the model-file opener export.classifiers, which the bundle's predict.py
-# shares).
+# Runs the app's CLI with the training library and the exporter unimportable: of export only the
+# image loader export.images and the model-file opener export.classifiers (which the bundle's
+# predict.py shares), of ardir_tf only the attacks (and the losses they are written with) and the
+# quiet start.
 SERVER = textwrap.dedent("""
     import importlib.abc, runpy, sys
+
+    ALLOWED = {"export": ("export", "export.images", "export.classifiers"),
+               "ardir_tf": ("ardir_tf", "ardir_tf.cli", "ardir_tf.losses")}
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             top = name.split(".")[0]
-            if top == "ardir_tf" or (top == "export" and name not in ("export", "export.images", "export.classifiers")):
+            if top in ALLOWED and name not in ALLOWED[top] and not name.startswith("ardir_tf.attacks"):
                 raise ImportError(f"the demo must not import {name}")
             return None
 
@@ -94,11 +103,14 @@ def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 def _make_bundle(kind: str, root: str) -> str:
     out = os.path.join(root, kind)
     if os.path.isfile(os.path.join(out, "model_card.json")):
-        if "pgd" in _card(out)["artifacts"]["saved_model"]["signatures"]:
+        card = _card(out)
+        if "pgd" in card["artifacts"]["saved_model"]["signatures"] and bool(card.get("quantization")) == bool(
+                QUANTIZE[kind]):
             return out
         for stale in (out, os.path.join(root, f"{kind}-run")):  # kept from before the attack signatures
             shutil.rmtree(stale)
-    proc = _run(["-c", MAKE_BUNDLE, os.path.join(root, f"{kind}-run"), out, str(EXAMPLES), *TRAIN_COMMON, *TRAIN[kind]])
+    proc = _run(["-c", MAKE_BUNDLE, os.path.join(root, f"{kind}-run"), out, str(EXAMPLES), QUANTIZE[kind],
+                 *TRAIN_COMMON, *TRAIN[kind]])
     assert proc.returncode == 0, f"training or export of {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return out
 
@@ -126,7 +138,8 @@ def server(bundles, tmp_path_factory):
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-c", SERVER, f"--export={bundles['robust']}",
                                  f"--compare={bundles['standard']}", f"--port={port}", "--concurrency=4"],
-                                stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={k: v for k, v in _env().items() if k != "TF_CPP_MIN_LOG_LEVEL"})  # as a user starts it
     url = f"http://127.0.0.1:{port}"
     saved = {key: os.environ.get(key) for key in ("NO_PROXY", "no_proxy")}
     for key in saved:  # a CI proxy must not see requests to the local server (urllib, httpx)
@@ -203,6 +216,9 @@ def test_server_is_local_and_never_shares(server):
     assert f"Running on local URL:  {server['url']}" in text, text
     assert "gradio.live" not in text and "public URL" not in text.lower()
     assert "share=True" not in text and "public link" not in text, text  # no advice to use a missing option
+    # a quiet start: none of TensorFlow's start-up lines (the oneDNN note, CUDA's absence, cuInit's "E" line)
+    for noise in ("absl::InitializeLog", "oneDNN custom operations", "cuda", "cuInit", "cpu_feature_guard"):
+        assert noise not in text, text
 
 
 def test_attack_endpoint_names_its_outputs(client):
@@ -217,6 +233,56 @@ def test_attack_endpoint_names_its_outputs(client):
                      + ["summary"]), names
     text = client.view_api(print_info=False, return_format="str")
     assert "value_" not in text and "robust_student_adversarial_image" in text and "comparison_verdict" in text, text
+
+
+def _square(client, path, file="model_int8.tflite", eps=EPS, queries=300, invert=False) -> tuple:
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), file, eps, queries, invert, api_name="/square")
+
+
+def test_square_endpoint_names_its_outputs(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/square"]
+    assert [p["parameter_name"] for p in api["parameters"]] == ["image", "file", "eps", "queries", "invert"]
+    assert [r["label"] for r in api["returns"]] == ["square: status", "square: adversarial image",
+                                                    "square: perturbation", "square: prediction of the file",
+                                                    "square: summary"]
+
+
+def test_square_attacks_the_quantized_file_live(client, bundles):
+    """Square through the int8 file's runtime: it flips some of the robust student's example
+    digits at a large eps, stays in the ball, is reproducible, and at eps 0 changes nothing."""
+    card = _card(bundles["robust"])
+    paths = [os.path.join(bundles["robust"], e["file"]) for e in card["examples"]]
+    flipped = 0
+    for path in paths:
+        summary = _square(client, path, eps=0.4, queries=200)[-1]
+        assert summary["file"] == "model_int8.tflite" and summary["queries"] == 200
+        assert summary["perturbation"]["linf"] <= 0.4 + 1e-6
+        assert summary["flipped"] == (summary["adversarial"]["class"] != summary["clean"]["class"])
+        assert 1 <= summary["queries_used"] <= 200
+        flipped += summary["flipped"]
+    print(f"Square (200 queries) at eps 0.4 flipped {flipped} of {len(paths)} examples on model_int8.tflite")
+    assert flipped >= 1
+    again = [_square(client, paths[0], eps=0.4, queries=200)[-1] for _ in range(2)]
+    assert again[0]["adversarial"] == again[1]["adversarial"] and again[0]["queries_used"] == again[1]["queries_used"]
+    still = _square(client, paths[0], eps=0.0, queries=50)
+    assert not still[-1]["flipped"] and still[-1]["perturbation"]["linf"] == 0.0
+    assert "kept its answer for all 50 queries" in still[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("model_int8.tflite", 0.3, 0), "queries must lie in [1, 2000]"),
+    (("model_int8.tflite", 0.9, 10), "eps must lie in [0, 0.4]"),
+    (("model.onnx", 0.3, 10), "not in the list of choices"),
+])
+def test_square_bad_parameters_give_a_message(client, bundles, args, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = os.path.join(bundles["robust"], _card(bundles["robust"])["examples"][0]["file"])
+    with pytest.raises(AppError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        client.predict(handle_file(path), *args, False, api_name="/square")
 
 
 def test_a_bundle_without_the_attack_signatures_is_refused(bundles, tmp_path):

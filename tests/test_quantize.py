@@ -23,6 +23,7 @@ import pytest
 import tensorflow as tf
 
 from ardir_tf import data, models
+from ardir_tf.attacks import primitives
 from export import quantize, quantized_eval, runtimes
 from dir_digest import tree_digest
 
@@ -121,9 +122,12 @@ def test_bundle_card_rows(bundle):
     for name in ("litert_dynamic", "litert_int8", "onnx_int8"):
         r = res[name]
         assert r["robust"] <= min(r["clean"], r["transfer_pgd20"], r["transfer_autoattack"],
-                                  r["transfer_fakequant_pgd20"], r["square"])
+                                  r["transfer_fakequant_pgd20"], r["bpda"], r["square"])
+        assert r["bpda"] <= min(r["bpda_float"], r["bpda_fakequant"])
         assert r["transfer"] < r["clean"]  # the float model's adversarial images do transfer
+        assert r["bpda"] < r["clean"]  # the white-box attack on the file's own logits breaks it
         assert r["square"] < r["clean"]  # the black-box attack works through the file's runtime
+    assert rob["bpda"]["gradient_sources"] == ["fakequant", "float"] and rob["square_accepts_ties"] is True
     assert "| litert_int8 | model_int8.tflite |" in proc.stdout
     assert "## Quantized files" in (out / "BUILD.md").read_text()
 
@@ -181,7 +185,7 @@ def test_square_through_a_runtime_equals_square_on_keras(workdir, mnist_test):
     model = keras.models.load_model(workdir / "model.keras")
     x, y = mnist_test
     xs, ys = x[:32], y[:32]
-    wrapped = quantized_eval.tf_callable(lambda b: model(b, training=False).numpy(), 10)
+    wrapped = primitives.numpy_model(lambda b: model(b, training=False).numpy(), 10)
     direct = quantized_eval.square(model, xs, ys, epsilon=EPSILON, norm="linf", queries=20, seed=3)
     hooked = quantized_eval.square(wrapped, xs, ys, epsilon=EPSILON, norm="linf", queries=20, seed=3)
     np.testing.assert_array_equal(direct, hooked)
@@ -200,14 +204,15 @@ def test_evaluate_file_is_the_per_example_minimum(workdir, mnist_test, tmp_path)
     noisy = np.clip(xs + rng.uniform(-EPSILON, EPSILON, xs.shape), 0, 1).astype(np.float32)
     side = {"x_pgd20": noisy, "x_autoattack": xs, "x_fakequant_pgd20": noisy[::-1].copy()}
     r = quantized_eval.evaluate_file(clf, xs, ys, side, epsilon=EPSILON, norm="linf", queries=10, seed=0,
-                                     float_gap=0.0)
+                                     float_gap=0.0, gradient_sources={"float": model}, bpda_steps=10)
     pred = lambda a: clf(a).argmax(-1) == ys  # noqa: E731
     assert r["clean"] == pytest.approx(np.mean(pred(xs)))
     assert r["transfer_pgd20"] == pytest.approx(np.mean(pred(noisy)))
     assert r["transfer_autoattack"] == r["clean"]  # the "adversarial" images here are the clean ones
     assert r["transfer_fakequant_pgd20"] == pytest.approx(np.mean(pred(noisy[::-1].copy())))
     assert r["transfer"] == pytest.approx(np.mean(pred(xs) & pred(noisy) & pred(noisy[::-1].copy())))
-    assert r["robust"] <= min(r["transfer"], r["square"])
+    assert r["bpda"] == r["bpda_float"] < r["clean"]
+    assert r["robust"] <= min(r["transfer"], r["square"], r["bpda"])
     assert (r["warning"] is not None) == (abs(r["gap"]) > quantized_eval.WARN_GAP)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 NORMS = ("linf", "l2")
@@ -130,6 +131,19 @@ def margin(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     z_y = tf.reduce_sum(onehot * logits, axis=-1)
     z_other = tf.reduce_max(tf.where(onehot > 0, tf.constant(-float("inf")), logits), axis=-1)
     return z_y - z_other
+
+
+def numpy_model(classifier: Callable[[np.ndarray], np.ndarray], num_classes: int) -> Callable:
+    """Wraps a NumPy classifier (``images [B, H, W, C] -> logits [B, K]``, e.g. a LiteRT or ONNX
+    file's runtime) as ``model(x, training=False) -> logits`` usable inside ``tf.function``
+    (through ``tf.numpy_function``): what the score-based attacks (Square) call. No gradients."""
+
+    def call(x, training=False):
+        del training
+        out = tf.numpy_function(lambda b: np.asarray(classifier(b), np.float32), [x], tf.float32, stateful=True)
+        return tf.reshape(out, [tf.shape(x)[0], num_classes])
+
+    return call
 
 
 def predictions(logits: tf.Tensor) -> tf.Tensor:

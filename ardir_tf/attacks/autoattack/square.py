@@ -3,7 +3,15 @@ L-inf and L2, vectorised over the batch and compiled with ``tf.function``.
 
 It minimises the margin ``z_y - max_{i != y} z_i`` (:func:`ardir_tf.attacks.primitives.margin`)
 using only the model's outputs: each query proposes a change of the current perturbation inside a random square window
-and keeps it if the margin decreases. An example is broken as soon as its margin is negative.
+and keeps it if the margin decreases (with ``accept_ties``: if it does not increase). An example is
+broken as soon as its margin is negative.
+
+Ties: the paper and the reference keep a proposal only if the margin strictly decreases. On a
+quantized model (an int8 LiteRT or ONNX file) the logits move in steps of the output's
+quantization scale, so most small proposals leave the margin exactly unchanged and would all be
+rejected: the search stalls on the plateau and the model only looks robust. ``accept_ties=True``
+keeps such proposals too, so the search walks across plateaus (on a float model ties are rare and
+it changes little).
 
 Window size: at query ``i`` of ``N`` a fraction ``p_i`` of the pixels is changed, with
 ``p_i = p_init / 2^m`` where ``m`` counts the thresholds ``{10, 50, 200, 500, 1000, 2000, 4000,
@@ -175,15 +183,18 @@ class Square:
         p_init: initial fraction of changed pixels (0.8 in AutoAttack).
         chunk: queries per compiled call; between calls the examples already broken are dropped.
         seed: seed of the random search.
+        accept_ties: keep proposals that leave the margin unchanged, not only those that lower it
+            (for models with quantized outputs; the paper's rule is ``False``).
     """
 
     def __init__(self, model: Callable, *, norm: str = "linf", queries: int = QUERIES, p_init: float = P_INIT,
-                 chunk: int = 500, seed: Optional[int] = 0):
+                 chunk: int = 500, seed: Optional[int] = 0, accept_ties: bool = False):
         primitives.check_norm(norm)
         if queries < 1:
             raise ValueError(f"Square needs at least 1 query, got {queries}")
         self.model, self.norm, self.queries, self.p_init = model, norm, int(queries), float(p_init)
         self.chunk = int(chunk)
+        self.accept_ties = bool(accept_ties)
         self.rng = tf.random.Generator.from_seed(0 if seed is None else int(seed))
         self._init = primitives.BatchGeneric(self._initial)
         self._steps = primitives.BatchGeneric(self._iterate)
@@ -225,7 +236,8 @@ class Square:
                 cand = l2_proposal(x, x_best, eps, mask1, mask2, eta, signs)
             active = margin_best >= 0.0
             m = self._margin(cand, y)
-            accept = tf.logical_and(active, m < margin_best)
+            better = m <= margin_best if self.accept_ties else m < margin_best
+            accept = tf.logical_and(active, better)
             x_best = tf.where(primitives.expand(accept, x), cand, x_best)
             margin_best = tf.where(accept, m, margin_best)
             return i + 1, x_best, margin_best
