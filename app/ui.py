@@ -279,17 +279,23 @@ class Demo:
             eps = round(eps * 255) / 255
         return eps
 
+    @staticmethod
+    def _check_count(value, what: str, high: int) -> int:
+        """``value`` as a whole number in [1, ``high``], else an :class:`InputError` naming ``what``."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be a whole number; got {value!r}.") from None
+        if not (math.isfinite(number) and number == int(number) and 1 <= number <= high):
+            raise InputError(f"{what} must be a whole number in [1, {high}]; got {value!r}.")
+        return int(number)
+
     def _run(self, image, attack, eps, steps, invert) -> dict:
         if attack not in ATTACKS:
             raise InputError(f"Unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}.")
         eps = self._check_eps(eps)
-        try:
-            steps_f = float(steps)
-        except (TypeError, ValueError):
-            raise InputError(f"steps must be a whole number; got {steps!r}.") from None
-        if not (math.isfinite(steps_f) and steps_f == int(steps_f) and 1 <= steps_f <= MAX_STEPS):
-            raise InputError(f"steps must be a whole number in [1, {MAX_STEPS}]; got {steps!r}.")
-        steps = 1 if attack == "FGSM" else int(steps_f)
+        steps = self._check_count(steps, "steps", MAX_STEPS)  # checked for FGSM too, which takes one step
+        steps = 1 if attack == "FGSM" else steps
         if image is None:
             raise InputError("No image: pick an example or upload an image file.")
         summary: dict[str, Any] = {"attack": attack, "epsilon": eps, "steps": steps, "invert": invert,
@@ -364,12 +370,7 @@ class Demo:
         if file not in bundle.quantized:
             raise InputError(f"Unknown quantized file {file!r}; choose one of {', '.join(bundle.quantized)}.")
         eps = self._check_eps(eps)
-        try:
-            q = float(queries)
-        except (TypeError, ValueError):
-            raise InputError(f"queries must be a whole number; got {queries!r}.") from None
-        if not (math.isfinite(q) and q == int(q) and 1 <= q <= MAX_SQUARE_QUERIES):
-            raise InputError(f"queries must be a whole number in [1, {MAX_SQUARE_QUERIES}]; got {queries!r}.")
+        q = self._check_count(queries, "queries", MAX_SQUARE_QUERIES)
         if image is None:
             raise InputError("No image: pick an example or upload an image file.")
         x, _ = load_image(image, bundle.shape, invert)

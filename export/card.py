@@ -371,8 +371,8 @@ def quantization_rows(section: dict) -> list[dict]:
 def format_quantization(section: dict) -> str:
     """A Markdown table of :func:`quantization_rows` (accuracies in %; the float row's PGD-20 and
     AutoAttack are white-box on the float model, the others' are those images transferred; FQ
-    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred; BPDA: white-box on the
-    file's own logits with the float model's and the copy's gradients)."""
+    PGD-20: PGD-20 white-box on the fake-quantized float copy, transferred; BPDA: APGD-CE and
+    APGD-T on the file's own logits with the float model's and the copy's gradients)."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     rob = section.get("robustness") or {}
     head = ("| variant | file | bytes | size | latency b=1 (ms) | img/s b=128 | top-1 agree | clean | PGD-20 | "
@@ -388,8 +388,8 @@ def format_quantization(section: dict) -> str:
         bpda = rob.get("bpda")
         lines.append(f"\n{rob['examples']} held-out images, {rob['norm']} eps={rob['epsilon']:g}; Square "
                      f"{rob['square_queries']} queries against each file through its runtime"
-                     + (f"; BPDA {bpda['steps']} steps x {bpda['restarts']} restarts per gradient source "
-                        f"({', '.join(bpda['gradient_sources'])})" if bpda else "") + ".")
+                     + (f"; BPDA: {', '.join(a.upper() for a in bpda['attacks'])} on each file's own logits with "
+                        f"the gradients of {' and of '.join(bpda['gradient_sources'])}" if bpda else "") + ".")
     for r in quantization_rows(section):
         if r["warning"]:
             lines.append(f"warning: {r['file']}: {r['warning']}")

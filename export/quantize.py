@@ -387,13 +387,12 @@ def export_variants(
         "robustness": None,
     }
     if eval_examples:
-        from ardir_tf.attacks import bpda
         from export import quantized_eval as qe
 
         n = min(int(eval_examples), len(x))
         xe, ye = x[:n], y[:n]
         log(f"robustness protocol on {n} held-out images ({norm} eps={epsilon:g}): float model PGD-{qe.PGD_STEPS}, "
-            f"AutoAttack; on each file BPDA-{bpda.STEPS} and Square {queries} queries ...")
+            f"AutoAttack; on each file BPDA (APGD-CE, APGD-T) and Square {queries} queries ...")
         tf_logger = tf.get_logger()
         level = tf_logger.level
         tf_logger.setLevel("ERROR")  # each Square instance retraces per batch size: expected, not news
@@ -430,7 +429,7 @@ def export_variants(
             "pgd": f"PGD-{qe.PGD_STEPS} on the float model, uniform start, step eps/4, cross-entropy",
             "autoattack": side["autoattack_settings"],
             "square_queries": int(queries), "square_accepts_ties": True, "seed": int(seed),
-            "bpda": {**bpda.describe(norm, seed=seed), "gradient_sources": sorted(sources)},
+            "bpda": qe.bpda_settings(sources),
             "fake_quantized_copy": None if surrogate is None else {
                 "attack": f"PGD-{qe.PGD_STEPS} white-box on the fake-quantized float copy (export/fake_quant.py)",
                 "top1_agreement_with_files": surrogate_agreement,

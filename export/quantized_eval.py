@@ -9,11 +9,12 @@ figure is reported on its own:
    float model, :func:`ardir_tf.attacks.pgd`, :class:`ardir_tf.attacks.autoattack.AutoAttack`),
    classified by the file; and, when a ``surrogate`` is given (the fake-quantized copy of
    :mod:`export.fake_quant`), PGD-20 white-box on that copy, classified by the file;
-3. **BPDA**: a white-box attack on the file's own computation (:class:`ardir_tf.attacks.BPDA`):
-   the file's logits pick each step's direction and judge success, the gradients come from the
-   float model and, when given, the fake-quantized copy (one run with each; an image counts as
-   broken if either breaks it). Transfer stops at the surrogate's decision boundary; BPDA goes on
-   until the file's own decision changes;
+3. **BPDA**: white-box attacks on the file's own computation: AutoAttack's APGD-CE and APGD-T run
+   on :func:`ardir_tf.attacks.straight_through` models whose forward pass is the file's logits
+   (through its runtime) and whose gradients come from the float model and, when given, the
+   fake-quantized copy (one run with each; an image counts as broken if either breaks it).
+   Transfer stops at the surrogate's decision boundary; these go on until the file's own decision
+   changes;
 4. **black-box**: the Square attack (:class:`ardir_tf.attacks.autoattack.Square`, score-based, no
    gradients) run against the file through its own runtime (:mod:`export.runtimes`), with a
    stated query budget, on the images the file classifies correctly. Proposals that leave the
@@ -22,8 +23,9 @@ figure is reported on its own:
 
 The file's **robust accuracy** is the per-example minimum: an image counts only if the file
 classifies it correctly clean, on both transferred images and after Square. The float model gets
-the same figures (white-box PGD-20, AutoAttack and BPDA instead of transfer, and Square with the
-same budget), so each change is measured against it on the same images.
+the same figures (white-box PGD-20 and AutoAttack, whose APGD-CE and APGD-T are what BPDA runs on
+the files, instead of transfer and BPDA, and Square with the same budget), so each change is
+measured against it on the same images.
 
 A warning is raised when a file's gap between black-box and transfer accuracy differs from the
 float model's gap (Square accuracy minus white-box accuracy) by more than ``WARN_GAP`` (5
@@ -40,7 +42,7 @@ from typing import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from ardir_tf.attacks import BPDA, bpda, pgd, primitives
+from ardir_tf.attacks import pgd, primitives, straight_through
 from ardir_tf.attacks.autoattack import AutoAttack, Square
 
 PGD_STEPS = 20
@@ -48,6 +50,19 @@ PGD_STEP_FRACTION = 0.25  # step eps/4, uniform start: the evaluation protocol's
 DEFAULT_EXAMPLES = 200
 DEFAULT_QUERIES = 1000
 WARN_GAP = 0.05
+#: The AutoAttack members run through each file's straight-through (BPDA) models: the gradient
+#: attacks (FAB-T also needs gradients but adds little after them and costs as much again; Square
+#: runs on the file separately).
+BPDA_MEMBERS = ("apgd-ce", "apgd-t")
+BPDA_STEPS = 100
+
+
+def bpda_settings(sources, steps: int = BPDA_STEPS) -> dict:
+    """The BPDA attack's settings as the card records them (AutoAttack's settings of its members)."""
+    members = AutoAttack(None, attacks=BPDA_MEMBERS, apgd_steps=steps).settings()
+    return {**{k: v for k, v in members.items() if not k.startswith(("square", "fab"))},
+            "model": "straight-through: the file's logits forward, the gradient source's gradients backward "
+                     "(ardir_tf.attacks.straight_through)", "gradient_sources": sorted(sources)}
 
 
 def square(model: Callable, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: str, queries: int, seed: int,
@@ -68,8 +83,7 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
 
     Returns ``{"x_pgd20", "x_autoattack"`` (``[N, H, W, C]``: the adversarial image where the
     attack found one, else the clean image), ``"correct"``: ``{"clean", "pgd20", "autoattack",
-    "bpda", "square"}`` of ``[N]`` bool (BPDA: :class:`ardir_tf.attacks.BPDA` with the float model as
-    target and surrogate), and ``"autoattack_settings"}``. AutoAttack is the standard version
+    "square"}`` of ``[N]`` bool, and ``"autoattack_settings"}``. AutoAttack is the standard version
     with Square at ``queries`` queries (``autoattack_members`` restricts it, for tests). With a
     ``surrogate`` (a differentiable stand-in of the quantized files) it also holds
     ``"x_fakequant_pgd20"`` (PGD-20 white-box on the surrogate) and ``"surrogate_accuracy"`` (the
@@ -101,11 +115,6 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
         extra = {"x_fakequant_pgd20": x_fq, "surrogate_accuracy": float(np.mean(np.concatenate([
             np.argmax(scall(tf.constant(x_fq[i:i + batch_size])).numpy(), -1)
             for i in range(0, len(x), batch_size)]) == y))}
-    # BPDA with the float model as both target and surrogate: the same attack the files get, here
-    # plainly white-box, so that the float row is attacked at least as hard as the files.
-    logits = lambda a: np.concatenate([call(tf.constant(a[i:i + batch_size])).numpy()  # noqa: E731
-                                       for i in range(0, len(a), batch_size)])
-    _, bpda_broken = BPDA(logits, model, norm=norm, seed=seed)(x, y, epsilon)
     return {
         **extra,
         "x_pgd20": x_pgd,
@@ -114,7 +123,6 @@ def float_attacks(model, x: np.ndarray, y: np.ndarray, *, epsilon: float, norm: 
             "clean": predict(x) == y,
             "pgd20": predict(x_pgd) == y,
             "autoattack": result.robust.copy(),
-            "bpda": ~bpda_broken,
             "square": square(model, x, y, epsilon=epsilon, norm=norm, queries=queries, seed=seed),
         },
         "autoattack_settings": aa.settings(),
@@ -127,9 +135,9 @@ def _rates(correct: Mapping[str, np.ndarray]) -> dict:
 
 def summarize_float(side: dict) -> dict:
     """The float model's figures: each accuracy, ``robust`` (per-example minimum over clean, PGD-20,
-    AutoAttack, BPDA and Square) and ``gap`` (Square accuracy minus the white-box accuracy)."""
+    AutoAttack and Square) and ``gap`` (Square accuracy minus the white-box accuracy)."""
     c = side["correct"]
-    white = c["clean"] & c["pgd20"] & c["autoattack"] & c.get("bpda", c["clean"])
+    white = c["clean"] & c["pgd20"] & c["autoattack"]
     out = _rates(c)
     out["white_box"] = float(np.mean(white))
     out["robust"] = float(np.mean(white & c["square"]))
@@ -139,7 +147,7 @@ def summarize_float(side: dict) -> dict:
 
 def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsilon: float, norm: str,
                   queries: int, seed: int = 0, float_gap: float | None = None,
-                  gradient_sources: Mapping[str, Callable] | None = None, bpda_steps: int = bpda.STEPS) -> dict:
+                  gradient_sources: Mapping[str, Callable] | None = None, bpda_steps: int = BPDA_STEPS) -> dict:
     """Clean, transfer, BPDA and black-box accuracy of one file (a :class:`export.runtimes.Classifier`).
 
     Args:
@@ -148,11 +156,11 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
         side: :func:`float_attacks` on the same images.
         epsilon, norm: the threat model.
         queries: Square's query budget per image.
-        seed: Square's and BPDA's seed.
+        seed: the seed of Square and of BPDA's attacks.
         float_gap: the float model's ``gap`` (:func:`summarize_float`), for the warning.
         gradient_sources: ``{name: differentiable model}`` whose gradients BPDA follows (the float
             model, the fake-quantized copy); ``None`` or empty leaves BPDA out.
-        bpda_steps: BPDA's steps per restart.
+        bpda_steps: the iterations of BPDA's APGD-CE and APGD-T.
 
     Returns:
         ``{"clean", "transfer_pgd20", "transfer_autoattack", ["transfer_fakequant_pgd20",]
@@ -184,8 +192,9 @@ def evaluate_file(classifier, x: np.ndarray, y: np.ndarray, side: dict, *, epsil
         for name, source in gradient_sources.items():
             kept = clean.copy()
             if len(idx):
-                _, broken = BPDA(classifier, source, norm=norm, steps=bpda_steps, seed=seed)(x[idx], y[idx], epsilon)
-                kept[idx] = ~broken
+                attack = AutoAttack(straight_through(classifier, source, num_classes), norm=norm,
+                                    attacks=BPDA_MEMBERS, apgd_steps=bpda_steps, seed=seed)
+                kept[idx] = attack.run(x[idx], y[idx], epsilon).robust
             rates[f"bpda_{name}"] = kept
             white &= kept
         rates["bpda"] = white

@@ -271,20 +271,6 @@ def test_square_attacks_the_quantized_file_live(client, bundles):
     assert "kept its answer for all 50 queries" in still[0]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("model_int8.tflite", 0.3, 0), "queries must lie in [1, 2000]"),
-    (("model_int8.tflite", 0.9, 10), "eps must lie in [0, 0.4]"),
-    (("model.onnx", 0.3, 10), "not in the list of choices"),
-])
-def test_square_bad_parameters_give_a_message(client, bundles, args, message):
-    from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
-
-    path = os.path.join(bundles["robust"], _card(bundles["robust"])["examples"][0]["file"])
-    with pytest.raises(AppError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        client.predict(handle_file(path), *args, False, api_name="/square")
-
-
 def test_a_bundle_without_the_attack_signatures_is_refused(bundles, tmp_path):
     """An older bundle (no fgsm/pgd/cw signatures): one error line that says to export again."""
     old = tmp_path / "old"
@@ -352,19 +338,22 @@ def test_outputs_of_one_request(server, bundles, tmp_path):
     assert all(m["perturbation"]["linf"] <= 0.2 + 1e-6 for m in cw[-1]["models"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (("PGD", 5.0, 10), "eps must lie in [0, 0.4]"),
-    (("PGD", -0.1, 10), "eps must lie in [0, 0.4]"),
-    (("PGD", 0.1, 1000), "steps must lie in [1, 100]"),
-    (("Nope", 0.1, 10), "not in the list of choices"),
+@pytest.mark.parametrize("api, args, message", [
+    ("/attack", ("PGD", 5.0, 10), "eps must lie in [0, 0.4]"),
+    ("/attack", ("PGD", -0.1, 10), "eps must lie in [0, 0.4]"),
+    ("/attack", ("PGD", 0.1, 1000), "steps must lie in [1, 100]"),
+    ("/attack", ("Nope", 0.1, 10), "not in the list of choices"),
+    ("/square", ("model_int8.tflite", 0.3, 0), "queries must lie in [1, 2000]"),
+    ("/square", ("model_int8.tflite", 0.9, 10), "eps must lie in [0, 0.4]"),
+    ("/square", ("model.onnx", 0.3, 10), "not in the list of choices"),
 ])
-def test_bad_parameters_give_a_message(client, bundles, args, message):
+def test_bad_parameters_give_a_message(client, bundles, api, args, message):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     path = os.path.join(bundles["robust"], _card(bundles["robust"])["examples"][0]["file"])
     with pytest.raises(AppError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        client.predict(handle_file(path), *args, False, api_name="/attack")
+        client.predict(handle_file(path), *args, False, api_name=api)
 
 
 def test_bad_uploads_give_a_message_and_the_server_survives(client, server, bundles, tmp_path):
