@@ -324,7 +324,8 @@ def _quantized_md(card: dict) -> str:
 
 {", ".join(f"`{f}`" for f in files)}: same input (float32 [N, H, W, C] in [0, 1]) and logits
 output as the float model; calibration: {section["calibration"]["source"]}. Measured on the export
-machine (robust accuracy: per example, the minimum over clean, transferred PGD-20/AutoAttack and a
+machine (robust accuracy: per example, the minimum over clean, transferred PGD-20/AutoAttack,
+BPDA (APGD-CE and APGD-T on the file's own logits with a float stand-in's gradients) and a
 black-box Square attack on the file itself):
 
 {format_quantization(section)}

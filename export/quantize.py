@@ -23,6 +23,7 @@ import io
 import os
 import sys
 import tempfile
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -411,14 +412,19 @@ def export_variants(
                     s_top = np.argmax(scall(tf.constant(x)).numpy(), -1)
                     surrogate_agreement = {name: float(np.mean(s_top == np.argmax(files[name](x), -1)))
                                            for name in files}
+            start = time.perf_counter()
             side = qe.float_attacks(model, xe, ye, epsilon=epsilon, norm=norm, queries=queries, seed=seed,
                                     autoattack_members=autoattack_members, surrogate=surrogate)
             float_row = qe.summarize_float(side)
+            log(f"  float model: robust {100 * float_row['robust']:.1f}% ({time.perf_counter() - start:.0f} s)")
             results = {"float": float_row}
             sources = {"float": model, **({"fakequant": surrogate} if surrogate is not None else {})}
             for name, clf in files.items():
+                start = time.perf_counter()
                 results[name] = qe.evaluate_file(clf, xe, ye, side, epsilon=epsilon, norm=norm, queries=queries,
                                                  seed=seed, float_gap=float_row["gap"], gradient_sources=sources)
+                log(f"  {os.path.basename(clf.path)}: robust {100 * results[name]['robust']:.1f}% "
+                    f"({time.perf_counter() - start:.0f} s)")
         finally:
             tf_logger.setLevel(level)
         for name in files:
