@@ -12,22 +12,39 @@ digits at L-inf eps 0.3 runs
 It prints both robust accuracies, the per-member times of ours, and the ratio ART / ours. ART's
 AutoAttack needs the ``multiprocess`` package. Usage::
 
-    PYTHONPATH=. python benchmarks/autoattack_speed.py --examples=40 [--model=m.keras] [--output=r.json]
+    python -m benchmarks.autoattack_speed --examples=40 [--model=m.keras] [--output=r.json]
 
 ART's default run takes about 10 minutes for 40 MNIST digits on the 2-core CPU.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
+from absl import flags
 
 import ardir_tf  # noqa: F401  (first: its quiet start and oneDNN default precede TensorFlow's import)
+from ardir_tf import cli
+from ardir_tf.io import write_json_atomic
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined only when it runs: autoattack_versions imports :func:`_train`)."""
+    flags.DEFINE_string("model", None, "A .keras classifier of mnist5k digits (default: train one).")
+    flags.DEFINE_integer("width", 8, "small_cnn width when training.", lower_bound=1)
+    flags.DEFINE_integer("epochs", 3, "PGD-AT epochs when training.", lower_bound=1)
+    flags.DEFINE_integer("examples", 40, "The first N held-out digits.", lower_bound=1)
+    flags.DEFINE_float("epsilon", 0.3, "L-inf radius.", lower_bound=0.0, upper_bound=1.0)
+    flags.DEFINE_integer("art_restarts", 5, "ART's APGD/Square restarts (its default 5).", lower_bound=1)
+    flags.DEFINE_integer("art_square_queries", 5000, "ART's Square iterations (its default 5000).", lower_bound=1)
+    flags.DEFINE_bool("art_no_deepfool", False, "Drop DeepFool from ART's members.")
+    flags.DEFINE_bool("skip_art", False, "Time only ours.")
+    flags.DEFINE_string("output", None, "Write the numbers as JSON here.")
 
 
 def _train(width: int, epochs: int):
@@ -46,20 +63,9 @@ def _train(width: int, epochs: int):
     return student
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="a .keras classifier of mnist5k digits (default: train one)")
-    parser.add_argument("--width", type=int, default=8, help="small_cnn width when training")
-    parser.add_argument("--epochs", type=int, default=3, help="PGD-AT epochs when training")
-    parser.add_argument("--examples", type=int, default=40)
-    parser.add_argument("--epsilon", type=float, default=0.3)
-    parser.add_argument("--art_restarts", type=int, default=5, help="ART's APGD/Square restarts (its default 5)")
-    parser.add_argument("--art_square_queries", type=int, default=5000, help="ART's Square iterations (default 5000)")
-    parser.add_argument("--art_no_deepfool", action="store_true", help="drop DeepFool from ART's members")
-    parser.add_argument("--skip_art", action="store_true", help="time only ours")
-    parser.add_argument("--output", default=None, help="write the numbers as JSON here")
-    args = parser.parse_args(argv)
-
+def main(argv) -> None:
+    del argv
+    args = FLAGS
     import keras
 
     from ardir_tf import data
@@ -107,11 +113,9 @@ def main(argv=None) -> int:
         print(f"speed-up (ART time / ours): {out['speedup_cold']:.1f}x cold, {out['speedup_warm']:.1f}x warm; "
               f"ours - ART = {100 * (ours.robust_accuracy - art):+.1f} points")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
-    return 0
+        write_json_atomic(args.output, out)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    define_flags()
+    cli.run(main)

@@ -4,6 +4,9 @@ schema, and the FLOP accounting against hand counts."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -153,3 +156,26 @@ def test_onednn_ab_times_both_settings_in_rounds():
     rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
     assert len(rounds) == 2 and all("oneDNN off" in r and ", on " in r for r in rounds)
     assert "x faster with oneDNN" in proc.stdout.splitlines()[-1]
+
+
+def _module(name: str, *args: str) -> subprocess.CompletedProcess:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-m", name, *args], cwd=root, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": root, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_autoattack_speed_writes_its_numbers_and_refuses_bad_flags(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _module("benchmarks.autoattack_speed", "--examples=3", "--epochs=1", "--skip_art", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    numbers = json.loads(out.read_text())
+    assert numbers["examples"] == 3 and set(numbers["ours"]["members"]) == {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert 0 <= numbers["ours"]["robust_accuracy"] <= numbers["natural_accuracy"]
+    bad = _module("benchmarks.autoattack_speed", "--examples=0")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "examples" in lines[0], bad.stderr
+    # autoattack_versions imports its trainer: the two define no flag twice
+    both = subprocess.run([sys.executable, "-c", "import benchmarks.autoattack_versions, benchmarks.autoattack_speed"],
+                          cwd=os.path.dirname(out), capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert both.returncode == 0, both.stderr[-2000:]
