@@ -25,13 +25,13 @@ library's attack functions (see ``export/savedmodel.py``); this module only call
     (clamped at 50; ``steps=30`` is the protocol's ``cw``).
 
 ``Square`` (on a quantized file)
-    the library's Square attack (Andriushchenko et al. 2020, :class:`ardir_tf.attacks.autoattack.Square`)
-    against the file's own logits, ties accepted (the quantized logits are flat between steps),
-    at most :data:`MAX_SQUARE_QUERIES` queries per request.
+    the library's Square attack (Andriushchenko et al. 2020,
+    :class:`ardir_tf.attacks.autoattack.Square`) against the file's own logits, ties accepted (the
+    quantized logits are flat between steps), at most :data:`MAX_SQUARE_QUERIES` queries per request.
 
 The random start (and Square's random search) is drawn from a fixed seed (:data:`SEED`), so the
-same request gives the same images. A bundle exported before these signatures existed is refused with a one-line
-:class:`BundleError` that says to export it again.
+same request gives the same images. A bundle exported before these signatures existed is refused
+with a one-line :class:`BundleError` that says to export it again.
 """
 
 from __future__ import annotations
@@ -311,7 +311,8 @@ class Bundle:
         from ardir_tf.attacks.autoattack import Square
 
         if file not in self.quantized:
-            raise InputError(f"No quantized file {file!r} in this bundle; it has: {', '.join(self.quantized) or 'none'}.")
+            raise InputError(f"No quantized file {file!r} in this bundle; it has: "
+                             f"{', '.join(self.quantized) or 'none'}.")
         session, lock = self.quantized[file], self._locks[file]
         with lock:  # also keeps one request's random stream whole (the generator is reset below)
             key = (file, int(queries))

@@ -384,8 +384,8 @@ class Demo:
         delta = x_adv[0] - x[0]
         summary = {"file": file, "attack": "Square", "epsilon": eps, "queries": int(q), "queries_used": int(used),
                    "clean": {"class": label, "label": names[label], "probability": float(p_clean[label])},
-                   "adversarial": {"class": adv_label, "label": names[adv_label], "probability": float(p_adv[adv_label]),
-                                   "top5": _top(p_adv, names)},
+                   "adversarial": {"class": adv_label, "label": names[adv_label],
+                                   "probability": float(p_adv[adv_label]), "top5": _top(p_adv, names)},
                    "flipped": adv_label != label,
                    "perturbation": {"linf": float(np.max(np.abs(delta))), "l2": float(np.sqrt(np.sum(delta ** 2)))}}
         eps_text = _eps_text(eps, bundle.norm, bundle.shape[2])

@@ -22,8 +22,8 @@ figure is reported on its own:
    quantized file's logits instead of stalling on them.
 
 The file's **robust accuracy** is the per-example minimum: an image counts only if the file
-classifies it correctly clean, on both transferred images and after Square. The float model gets
-the same figures (white-box PGD-20 and AutoAttack, whose APGD-CE and APGD-T are what BPDA runs on
+classifies it correctly clean, on every transferred image, under BPDA and after Square. The
+float model gets the same figures (white-box PGD-20 and AutoAttack, whose APGD-CE and APGD-T are what BPDA runs on
 the files, instead of transfer and BPDA, and Square with the same budget), so each change is
 measured against it on the same images.
 

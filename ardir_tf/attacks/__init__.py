@@ -7,4 +7,5 @@ from ardir_tf.attacks.bpda import straight_through
 from ardir_tf.attacks.fgsm import fgsm
 from ardir_tf.attacks.pgd import NORMS, RANDOM_STARTS, pgd, project, validate
 
-__all__ = ["NORMS", "RANDOM_STARTS", "fgsm", "objectives", "pgd", "primitives", "project", "straight_through", "validate"]
+__all__ = ["NORMS", "RANDOM_STARTS", "fgsm", "objectives", "pgd", "primitives", "project", "straight_through",
+           "validate"]
