@@ -151,7 +151,8 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
     students = _students(summary)
     teacher = _teacher(summary)
     md = ["## Capacity: a larger teacher distilled into a small student", ""]
-    if not students:
+    finished = [name for name, row in summary.get("runs", {}).items() if row is not None]
+    if not finished:
         md += ["**Implemented, not yet run.** The study (`benchmarks/capacity.py`) trains a teacher of another, larger "
                "architecture, picks its recipe and ARDIR's layers and gamma on a validation split carved from the "
                "training digits, distils `small_cnn` students by every method over 3 seeds and evaluates them on the "
@@ -162,6 +163,13 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
                "the committed results (benchmarks/results/capacity/)", "```", "",
                f"Expected time: {EXPECTED}."]
         return "\n".join(md)
+    if not summary.get("command_seconds"):  # run() records it only when every part has finished
+        seeds = summary.get("seeds") or [0, 1, 2]
+        expected = len(summary.get("methods") or capacity.STUDENTS) * len(seeds)
+        done = sum(len(rows) for rows in students.values())
+        md += [f"**In progress: not every part has finished.** Below is what the finished runs measured so far "
+               f"({done} of {expected} students; AutoAttack where listed). The study resumes where it stopped:", "",
+               "```", COMMAND, "```", ""]
     sizes = summary.get("sizes")
     if sizes:
         st, te = sizes["student"], sizes["teacher"]
@@ -214,7 +222,8 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
             by_seed = ", ".join(f"{s}: {v:+.1f}" for s, v in sorted(c["by_seed"].items()))
             md.append(f"| {c['metric']} | {c['against']} | {by_seed} | {c['mean']:+.1f} ± {c['std']:.1f} | "
                       f"{c['min']:+.1f} to {c['max']:+.1f} | {verdict(c)} |")
-    md += ["", f"![Robust accuracy per method, one point per seed]({plot_name})"]
+    if students:
+        md += ["", f"![Robust accuracy per method, one point per seed]({plot_name})"]
     times = capacity.wall_times(summary)
     total = sum(times.values())
     md += ["", "Wall time (the runs' own timers, training and evaluation): " + ", ".join(
@@ -231,7 +240,7 @@ def reading(summary: dict[str, Any], students: dict[str, list[dict]], teacher: O
             comps: list[dict[str, Any]], non_distilled: Sequence[str]) -> list[str]:
     """Statements the numbers support (and the ones they do not), by fixed rules."""
     lines = []
-    seeds = max(len(rows) for rows in students.values())
+    seeds = max((len(rows) for rows in students.values()), default=0)
     if teacher and "aa200" in teacher:
         # every non-distilled run against the teacher on the same digits: seed 0 on all of the
         # teacher's AutoAttack digits, every seed on the first part
@@ -250,7 +259,9 @@ def reading(summary: dict[str, Any], students: dict[str, list[dict]], teacher: O
                         "a student trained without one, and distillation cannot be expected to help."))
     for c in comps:
         lines.append(f"ARDIR vs {c['against']} on {c['metric']}: {c['mean']:+.1f} points on average, {verdict(c)}.")
-    if seeds < 3:
+    if not students:
+        lines.append("No student has finished yet: nothing here compares the methods.")
+    elif seeds < 3:
         lines.append(f"Only {seeds} seed(s) finished: the paired differences are preliminary.")
     lines.append("On 200 digits one AutoAttack accuracy has a binomial standard error of about 3.5 points; differences "
                  "of a point or two between methods are not resolved by these runs, and a difference that is not "

@@ -226,6 +226,22 @@ def test_capacity_section_says_not_yet_run_without_results(tmp_path):
     assert "Implemented, not yet run" in text and capacity_report.COMMAND in text and "%" not in text
 
 
+def test_capacity_section_of_an_unfinished_study_shows_what_finished(tmp_path):
+    """A study stopped after its teacher (no student yet, no command_seconds): the section says
+    it is in progress, shows the teacher's choice and row, and compares nothing."""
+    summary = {"epsilon": 0.3, "methods": ["pgd_at", "ardir"], "seeds": [0, 1, 2],
+               "settings": {"teacher": {"model_options": "width=24", "epochs": 6}},
+               "validation": {"examples": 500, "digits": "training split [3500, 4000)"},
+               "teacher_selection": {"chosen": "pgd_at", "candidates": {
+                   "pgd_at": {"pgd20": 0.59, "natural": 0.97}, "trades_uniform": {"pgd20": 0.42, "natural": 0.94}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    _finished(tmp_path, "teacher/pgd_at", 0.98, 0.72, val={"pgd20": 0.59, "natural": 0.97})
+    text = capacity_report.section(capacity.read_summary(str(tmp_path)))
+    assert "In progress" in text and "0 of 6 students" in text and "not yet run" not in text
+    assert "chosen: **pgd_at**" in text and "| teacher (pgd_at) | 1 | 98.0 |" in text
+    assert "No student has finished yet" in text and "capacity.png" not in text and "ARDIR vs" not in text
+
+
 def test_step_sweep_tables():
     r = {"step_sizes": {"0.01": 0.82, "0.03": 0.43, "0.075": 0.29, "0.15": 0.28},
          "comparison": {"ce/uniform": 0.72, "ce/normal": 0.77, "kl_teacher/uniform": 0.75, "kl_teacher/normal": 0.79}}
