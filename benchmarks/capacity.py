@@ -250,7 +250,7 @@ def run(f) -> dict[str, Any]:
     }
 
     def save(**parts) -> None:  # the summary so far: a report of an interrupted study has what is known
-        summary.update(parts)
+        summary.update(parts, environment=_environment())  # the machine and its load at each save
         runs.write_json(os.path.join(results_dir, "summary.json"), summary)
 
     def train(name: str, s: dict[str, Any], teacher: str = "") -> str:
@@ -315,7 +315,7 @@ def run(f) -> dict[str, Any]:
                 autoattack_parts(workdir, s, todo)
             mirror(workdir, out, results_dir)
 
-    save(command_seconds=round(time.time() - start, 1), environment=_environment(),
+    save(command_seconds=round(time.time() - start, 1),
          wall_seconds={k: round(v, 1) for k, v in wall_times(read_summary(results_dir)).items()})
     return read_summary(results_dir)
 

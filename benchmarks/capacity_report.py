@@ -228,7 +228,7 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
     total = sum(times.values())
     md += ["", "Wall time (the runs' own timers, training and evaluation): " + ", ".join(
         f"{k} {_minutes(v)}" for k, v in times.items()) + f"; {_minutes(total)} in all"
-        + (f" (load average {summary['environment']['load_average'][0]:.1f} at the end of the last session on "
+        + (f" (load average {summary['environment']['load_average'][0]:.1f} when the summary was last written, on "
            f"{summary['environment']['cpu_count']} cores, {summary['environment']['cpu']})." if summary.get("environment")
            else ".")]
     md += ["", "Reading (generated from the numbers above):", ""]
