@@ -434,7 +434,7 @@ def export_variants(
             "examples": n, "split": f"test, first {n} images", "epsilon": float(epsilon), "norm": norm,
             "pgd": f"PGD-{qe.PGD_STEPS} on the float model, uniform start, step eps/4, cross-entropy",
             "autoattack": side["autoattack_settings"],
-            "square_queries": int(queries), "square_accepts_ties": True, "seed": int(seed),
+            "square_queries": int(queries), "square_accepts_ties": qe.SQUARE_ACCEPTS_TIES, "seed": int(seed),
             "bpda": qe.bpda_settings(sources),
             "fake_quantized_copy": None if surrogate is None else {
                 "attack": f"PGD-{qe.PGD_STEPS} white-box on the fake-quantized float copy (export/fake_quant.py)",

@@ -50,6 +50,8 @@ PGD_STEP_FRACTION = 0.25  # step eps/4, uniform start: the evaluation protocol's
 DEFAULT_EXAMPLES = 200
 DEFAULT_QUERIES = 1000
 WARN_GAP = 0.05
+#: Square on the quantized files keeps proposals that leave the margin unchanged (their logits are flat).
+SQUARE_ACCEPTS_TIES = True
 #: The AutoAttack members run through each file's straight-through (BPDA) models: the gradient
 #: attacks (FAB-T also needs gradients but adds little after them and costs as much again; Square
 #: runs on the file separately).
@@ -69,7 +71,7 @@ def square(model: Callable, x: np.ndarray, y: np.ndarray, *, epsilon: float, nor
            batch_size: int = 500) -> np.ndarray:
     """``[N]`` bool: the images Square (``queries`` queries, ties accepted) did *not* break. Images
     ``model`` misclassifies are broken by its first query."""
-    attack = Square(model, norm=norm, queries=queries, seed=seed, accept_ties=True)
+    attack = Square(model, norm=norm, queries=queries, seed=seed, accept_ties=SQUARE_ACCEPTS_TIES)
     survived = np.ones(len(x), bool)
     for i in range(0, len(x), batch_size):
         _, broken = attack(x[i:i + batch_size], y[i:i + batch_size], float(epsilon))
