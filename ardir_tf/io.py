@@ -8,7 +8,26 @@ import json
 import os
 from typing import Any
 
-__all__ = ["load_model_file", "sha256", "write_json_atomic", "write_text_atomic"]
+__all__ = ["RESULTS_FILE", "SETTINGS_FILE", "load_model_file", "resolve_teacher", "sha256", "teacher_record",
+           "write_json_atomic", "write_text_atomic"]
+
+#: a run's workdir holds its settings and its evaluation under these names
+SETTINGS_FILE = "settings.json"
+RESULTS_FILE = "results.json"
+
+
+def teacher_record(teacher_path: str, workdir: str) -> str:
+    """How a run's ``settings.json`` records its teacher: the path relative to the run's workdir
+    (``""`` for none), so that a study's output directory can move as a whole and still resume."""
+    return os.path.relpath(os.path.abspath(teacher_path), os.path.abspath(workdir)) if teacher_path else ""
+
+
+def resolve_teacher(record: str, workdir: str) -> str:
+    """The teacher file a ``settings.json`` record names, as an absolute path without symbolic
+    links (``""`` for none). Older runs recorded absolute paths; those are taken as they are."""
+    if not record:
+        return ""
+    return os.path.realpath(os.path.join(os.path.abspath(workdir), record))
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -27,10 +27,9 @@ import tensorflow as tf
 from absl import flags
 
 from ardir_tf import cli, data, distribute, evaluate as evaluate_lib, hardware, methods, models
-from ardir_tf.io import load_model_file, write_json_atomic
+from ardir_tf.io import SETTINGS_FILE, load_model_file, resolve_teacher, teacher_record, write_json_atomic
 
 FLAGS = flags.FLAGS
-SETTINGS_FILE = "settings.json"
 _PROGRESS = {"bar": 1, "epoch": 2, "none": 0}
 # Settings that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = ("epochs", "verbose", "progress", "workdir", "eval_examples", "eval_attacks", "teacher_epochs",
@@ -379,6 +378,10 @@ def check_settings(workdir: str, s: dict[str, Any], write: bool = True) -> None:
         # A setting missing on one side (a run from an older version) counts as its flag default.
         diff = sorted(k for k in set(old) | set(s) if k not in _RESUMABLE_CHANGES
                       and old.get(k, _FLAG_DEFAULTS.get(k)) != s.get(k, _FLAG_DEFAULTS.get(k)))
+        # The teacher is the same file however its path is spelled (relative, absolute, through a link).
+        if "teacher" in diff and (resolve_teacher(old.get("teacher") or "", workdir)
+                                  == resolve_teacher(s.get("teacher") or "", workdir)):
+            diff.remove("teacher")
         if diff:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with different settings ({', '.join(diff)}); "
@@ -396,7 +399,7 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
     Returns the results dict (also written to ``WORKDIR/results.json``).
     """
     info = data.get_info(s["dataset"], s["data_dir"])
-    requested = {**s, "teacher": os.path.abspath(teacher_path) if teacher_path else ""}
+    requested = {**s, "teacher": teacher_record(teacher_path, workdir)}
     s = resolve_settings(s, info)
     strategy = distribute.make_strategy(s.get("strategy", "default"), s.get("tpu", ""))
     chief = distribute.is_chief(strategy)  # only the chief writes into workdir (multi_worker)

@@ -18,12 +18,10 @@ import numpy as np
 
 from ardir_tf import data
 from ardir_tf.attacks.pgd import validate
-from ardir_tf.io import sha256
+from ardir_tf.io import RESULTS_FILE, SETTINGS_FILE, resolve_teacher, sha256
 from ardir_tf.models import default_ir_layers
 
 SCHEMA_VERSION = 1
-SETTINGS_FILE = "settings.json"
-RESULTS_FILE = "results.json"
 #: Training settings that describe how the run was *displayed*, not the method.
 _NOT_METHOD_SETTINGS = ("progress", "verbose", "data_dir")
 #: Methods trained from a teacher (ardir_tf.methods.DISTILLATION_METHODS, repeated to keep this
@@ -86,12 +84,17 @@ def ir_layers(model: keras.Model, settings: dict | None) -> tuple[list[str], lis
     return default_ir_layers(model), None, "default"
 
 
-def teacher_info(settings: dict | None) -> dict | None:
+def teacher_info(settings: dict | None, workdir: str) -> dict | None:
     """The teacher of a distilled run: its path and, when its workdir is readable, its method,
-    architecture and evaluation numbers. ``None`` for a method without teacher."""
+    architecture and evaluation numbers. ``None`` for a method without teacher.
+
+    Args:
+        settings: the run's ``settings.json``.
+        workdir: the run's directory (its teacher is recorded relative to it).
+    """
     if not settings or settings.get("method") not in _DISTILLATION:
         return None
-    path = settings.get("teacher") or ""
+    path = resolve_teacher(settings.get("teacher") or "", workdir)
     info: dict[str, Any] = {"path": path or None, "available": bool(path) and os.path.isfile(path)}
     if path:
         workdir = os.path.dirname(path)
@@ -216,7 +219,7 @@ def build(
             "probabilities": f"float32 [N, {info.num_classes}], softmax of the logits",
         },
         "method": method,
-        "teacher": teacher_info(settings),
+        "teacher": teacher_info(settings, os.path.dirname(os.path.abspath(model_path))),
         "internal_representations": {
             "layers": list(student_layers),
             "teacher_layers": list(teacher_layers) if teacher_layers else None,

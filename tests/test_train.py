@@ -15,6 +15,7 @@ import pytest
 from absl import flags
 
 from ardir_tf import methods, train
+from export import card
 from train_cli import error_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,16 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     with open(resumed / "history.csv") as f:
         assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch
+    # The teacher is recorded relative to the run, so the two folders moved together still resume.
+    assert json.loads((resumed / "settings.json").read_text())["teacher"] == os.path.join("..", "teacher", "model.keras")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("teacher", "resumed"):
+        os.rename(tmp_path / name, moved / name)
+    proc = run_cli([*common, f"--teacher={moved / 'teacher' / 'model.keras'}", f"--workdir={moved / 'resumed'}",
+                    "--epochs=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "already trained for 3 epochs; reusing it" in proc.stdout
 
 
 ROBUST_SETTINGS = dict(
@@ -156,6 +167,26 @@ def test_a_run_from_before_a_new_flag_still_resumes(tmp_path):
     train.check_settings(str(tmp_path / "same"), new)  # the new flag at its default: the same run
     with pytest.raises(ValueError, match=r"different settings \(seed\)"):
         train.check_settings(str(tmp_path / "other"), dict(new, seed=7))
+
+
+def test_the_teacher_is_compared_as_a_file_not_as_a_spelling(tmp_path):
+    (tmp_path / "teachers").mkdir()
+    for name in ("a.keras", "b.keras"):
+        (tmp_path / "teachers" / name).write_bytes(b"")
+    os.symlink(tmp_path / "teachers", tmp_path / "link")
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run from before relative records: the teacher by an absolute path through a symbolic link.
+    old = dict(train._FLAG_DEFAULTS, method="ard", teacher=str(tmp_path / "link" / "a.keras"))
+    (run / train.SETTINGS_FILE).write_text(json.dumps(old))
+    same = dict(old, teacher=train.teacher_record(str(tmp_path / "teachers" / "a.keras"), str(run)))
+    assert same["teacher"] == os.path.join("..", "teachers", "a.keras")
+    train.check_settings(str(run), same, write=False)
+    other = dict(old, teacher=train.teacher_record(str(tmp_path / "teachers" / "b.keras"), str(run)))
+    with pytest.raises(ValueError, match=r"different settings \(teacher\)"):
+        train.check_settings(str(run), other, write=False)
+    assert card.teacher_info(same, str(run))["path"] == str((tmp_path / "teachers" / "a.keras").resolve())
+    assert card.teacher_info(same, str(run))["available"]
 
 
 # --------------------------------------------- the command line: unused flags, fractions, epsilon
