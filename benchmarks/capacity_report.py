@@ -20,28 +20,29 @@ COMMAND = "python -m benchmarks.reproduce --studies=capacity --output_dir=runs/r
 REPORT_COMMAND = COMMAND + " --report_only"
 #: The plan of the study as configured by default, and its estimated cost (shown until it has run).
 PLAN = (
-    "- Teacher: `resnet18` (width 24), 1,578,370 parameters (5.1x `small_cnn`'s 312,202) and 128.9 MFLOP per "
-    "digit (6.4x its 20.0; forward FLOPs counted by TensorFlow's profiler, `benchmarks.throughput.forward_flops`). "
-    "Candidates PGD-AT and TRADES from a uniform start train for 2 epochs on the first 3,500 training digits; the one "
-    "with the better PGD-20 accuracy on the last 500 (the validation split) continues to 6 epochs.\n"
-    "- ARDIR: the student's `stage2` (8x8x64) against the teacher's `stage4` (4x4x192) through a connector (1x1 "
-    "convolution, batch norm, 2x2 average pooling), with gamma 1 or 3, or both student stages against `stage4`: "
+    "- Teacher candidates: `resnet18` (width 24: 1,578,370 parameters, 5.1x `small_cnn`'s 312,202, and 128.9 MFLOP "
+    "per digit, 6.4x its 20.0; forward FLOPs counted by TensorFlow's profiler, "
+    "`benchmarks.throughput.forward_flops`) by PGD-AT and by TRADES from a uniform start, and a wide `small_cnn` "
+    "(width 100: 4.2x the parameters) by PGD-AT, 2 epochs each on the first 3,500 training digits; the one with "
+    "the best robust accuracy on the last 500 (the validation split; a digit counts if neither APGD-CE nor Square "
+    "with 1,000 queries breaks it) continues to 6 epochs.\n"
+    "- ARDIR: the student's `stage2` against the teacher's last stage through a connector (1x1 convolution, batch "
+    "norm, average pooling where the maps differ in size), with gamma 1 or 3, or both student stages against it: "
     "chosen on the same validation digits.\n"
     "- Students: `small_cnn` by PGD-AT, TRADES (uniform start), ARD, RSLAD, IAD and ARDIR, the main table's budget "
     "(4 epochs, PGD-10), seeds 0-2, all 4,000 training digits.")
 EXPECTED = (
-    "about 4 hours on 2 idle cores, an estimate, not a measurement: teacher about 40 min (2 x 2 selection epochs, "
-    "4 more, evaluations), ARDIR selection about 15 min, 18 students about 70 min, AutoAttack about 110 min (5,400 "
-    "student digits at about 1.5 s per robust digit, and the teacher's 500 at several times that). Basis: one PGD-10 "
-    "training step at batch 64 (`python -m benchmarks.throughput --model=resnet18 --model_options=width=32 "
-    "--dataset=mnist5k --batch_size=64 --methods=pgd_at,trades --precision=float32 --eval_attacks= --steps=3`, and "
-    "the same with `--model=small_cnn`; `benchmarks/results/capacity_plan_step_*.json`) took 12.7 s (median of 3) for "
-    "`resnet18` width 32 and 1.1 s for `small_cnn` on the same 2 cores (AMD EPYC) under a load average of 7-14 from "
-    "other jobs: a ratio of 11.5, close to their FLOP ratio of 11.4, so "
-    "the width-24 teacher costs about 6.4 student steps per step, and a 4-epoch `small_cnn` student takes 2.5-3 min "
-    "on an idle machine (the main table's timers). The width-24 teacher itself, measured the same way under a load "
-    "average of 7-8: 4.9 s per PGD-AT step and 4.4 s per TRADES step (median of 3), about 4.4 min per epoch of "
-    "3,500 digits, so its 8 epochs in all take about 35 min under that load and less on an idle machine")
+    "about 4.5 hours on 2 idle cores, an estimate: teacher candidates and the teacher about 70 min (3 x 2 selection "
+    "epochs with their validation attacks, 4 more epochs, evaluations), ARDIR selection about 20 min, 18 students "
+    "about 60 min, AutoAttack about 2 h (5,400 student digits at about 1.5 s per robust digit, and the teacher's 500 "
+    "at several times that). Basis: one PGD-10 training step at batch 64 (`python -m benchmarks.throughput "
+    "--model=resnet18 --model_options=width=32 --dataset=mnist5k --batch_size=64 --methods=pgd_at,trades "
+    "--precision=float32 --eval_attacks= --steps=3`, and the same with `--model=small_cnn`; "
+    "`benchmarks/results/capacity_plan_step_*.json`) took 12.7 s (median of 3) for `resnet18` width 32 and 1.1 s for "
+    "`small_cnn` on the same 2 cores (AMD EPYC) under a load average of 7-14 from other jobs; the width-24 teacher, "
+    "measured the same way under a load average of 7-8: 4.9 s per PGD-AT step, about 4.4 min per epoch of 3,500 "
+    "digits; a 4-epoch `small_cnn` student takes 2.5-3 min on an idle machine (the main table's timers); a first "
+    "run of the study (teacher, selections, 18 students) took 23 + 9 + 55 min by the runs' own timers")
 
 METRICS = (("pgd20", "PGD-20"), ("cw", "CW"), ("aa200", "AutoAttack (first 200)"))
 
@@ -140,6 +141,17 @@ def plot(students: dict[str, list[dict]], teacher: Optional[dict], path: str, ep
     plt.close(fig)
 
 
+def _criterion(candidates: dict[str, dict], summary: dict[str, Any]) -> tuple[str, str]:
+    """What the choice read (its name) and each candidate's numbers: robust accuracy under APGD-CE
+    and Square with PGD-20 beside it, or PGD-20 alone (a study from before the robust criterion)."""
+    if all("robust" in v for v in candidates.values()):
+        queries = next(iter(candidates.values())).get("square_queries", capacity.VAL_SQUARE_QUERIES)
+        return (f"robust accuracy (a digit counts if neither APGD-CE nor Square with {queries:,} queries breaks it)",
+                ", ".join(f"{n} {100 * v['robust']:.1f}% (PGD-20 {100 * v['pgd20']:.1f}%)"
+                          for n, v in candidates.items()))
+    return "PGD-20", ", ".join(f"{n} {100 * v['pgd20']:.1f}%" for n, v in candidates.items())
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
@@ -171,26 +183,27 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
                f"({done} of {expected} students; AutoAttack where listed). The study resumes where it stopped:", "",
                "```", COMMAND, "```", ""]
     sizes = summary.get("sizes")
+    sel = summary.get("teacher_selection")
+    teacher_s = (sel or {}).get("settings") or summary["settings"]["teacher"]
     if sizes:
         st, te = sizes["student"], sizes["teacher"]
         ok = sizes["parameter_ratio"] >= 4 and sizes["flop_ratio"] >= 4
         md += [f"- Student `{st['model']}`{(' (' + st['options'] + ')') if st['options'] else ''}: "
                f"{st['parameters']:,} parameters, {st['flops'] / 1e6:.1f} MFLOP per digit; teacher `{te['model']}` "
-               f"({summary['settings']['teacher'].get('model_options') or 'defaults'}): {te['parameters']:,} parameters "
+               f"({teacher_s.get('model_options') or 'defaults'}): {te['parameters']:,} parameters "
                f"({sizes['parameter_ratio']:.1f}x), {te['flops'] / 1e6:.1f} MFLOP ({sizes['flop_ratio']:.1f}x)"
                + ("." if ok else ": **less than 4x the student** (a smoke run, not the study).")]
     val = summary.get("validation", {})
-    sel = summary.get("teacher_selection")
     if sel:
-        cands = ", ".join(f"{n} {100 * v['pgd20']:.1f}%" for n, v in sel["candidates"].items())
-        md.append(f"- Teacher recipe picked on validation PGD-20 ({val.get('examples')} digits of "
+        criterion, cands = _criterion(sel["candidates"], summary)
+        md.append(f"- Teacher recipe picked on validation {criterion} ({val.get('examples')} digits of "
                   f"{val.get('digits', 'the training split')}; candidates trained on the other "
                   f"{val.get('selection_train_examples', '')} training digits for "
                   f"{summary['settings'].get('teacher_select_epochs', '?')} epochs): {cands}; chosen: **{sel['chosen']}**, "
-                  f"continued to {summary['settings']['teacher']['epochs']} epochs.")
+                  f"continued to {teacher_s['epochs']} epochs.")
     asel = summary.get("ardir_selection")
     if asel:
-        cands = ", ".join(f"{n} {100 * v['pgd20']:.1f}%" for n, v in asel["candidates"].items())
+        _, cands = _criterion(asel["candidates"], summary)
         md.append(f"- ARDIR's layer pair and gamma picked the same way (seed 0): {cands}; chosen: **{asel['chosen']}** "
                   "(a connector maps the student's map onto the teacher's).")
     held_out = summary.get("settings", {}).get("student", {}).get("eval_examples", 1000)

@@ -12,9 +12,9 @@ PGD-20 / CW at ``--second_epsilon``. Then (``--studies``):
 * ``precision``: ARDIR trained under ``mixed_bfloat16`` with the main seeds, beside float32;
 * ``step_sweep``: PGD-20 with several step sizes against the seed-0 students of RSLAD, TRADES,
   ARD and PGD-AT, and RSLAD's own attack against CE-PGD (:mod:`benchmarks.step_sweep`);
-* ``capacity``: a larger teacher of another architecture distilled into ``small_cnn`` students
-  by every method, choices made on a validation split (:mod:`benchmarks.capacity`); not in the
-  default ``--studies`` (about 4 hours). Its report replaces the capacity section of
+* ``capacity``: a larger teacher (a ResNet-18 or a wide ``small_cnn``, picked on validation)
+  distilled into ``small_cnn`` students by every method, choices made on a validation split
+  (:mod:`benchmarks.capacity`); not in the default ``--studies`` (about 4.5 hours). Its report replaces the capacity section of
   ``--capacity_docs`` (``docs/results.md``) and its small result files are kept in
   ``--capacity_results_dir`` (``benchmarks/results/capacity``), from which ``--report_only``
   rebuilds that section anywhere.
@@ -100,9 +100,10 @@ def define_flags() -> None:
                       "far (e.g. while the benchmark runs).")
     flags.DEFINE_enum("progress", "epoch", ["bar", "epoch", "none"], "Progress output of each training run.")
     flags.DEFINE_integer("step_sweep_examples", 500, "Held-out digits of the step_sweep study (--quick: 64).")
-    flags.DEFINE_string("capacity_teacher_model", "resnet18", "capacity: the teacher's architecture.")
-    flags.DEFINE_string("capacity_teacher_options", "width=24", "capacity: the teacher's architecture options "
-                        "(--quick uses width=8).")
+    flags.DEFINE_string("capacity_teacher_model", "resnet18", "capacity: the architecture of the teacher recipes "
+                        "that name none.")
+    flags.DEFINE_string("capacity_teacher_options", "width=24", "capacity: its options (--quick: every teacher "
+                        "candidate has width=8).")
     flags.DEFINE_integer("capacity_teacher_epochs", 6, "capacity: training epochs of the teacher (--quick: 2).")
     flags.DEFINE_integer("capacity_select_epochs", 2, "capacity: epochs of each teacher candidate before the choice; "
                          "the chosen one continues to --capacity_teacher_epochs (--quick: 1).")

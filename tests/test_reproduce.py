@@ -140,10 +140,39 @@ def test_paired_differences_by_seed_and_their_verdict():
     assert capacity_report.best_non_distilled(students, "pgd20", ("pgd_at", "trades")) == "trades"
 
 
-def test_choices_are_the_best_validation_pgd20_then_natural_then_first():
-    assert capacity.pick({"a": {"pgd20": 0.5, "natural": 0.9}, "b": {"pgd20": 0.6, "natural": 0.8}}) == "b"
-    assert capacity.pick({"a": {"pgd20": 0.6, "natural": 0.8}, "b": {"pgd20": 0.6, "natural": 0.9}}) == "b"
-    assert capacity.pick({"a": {"pgd20": 0.6, "natural": 0.9}, "b": {"pgd20": 0.6, "natural": 0.9}}) == "a"
+def test_choices_are_the_best_validation_robust_accuracy_then_natural_then_first():
+    # PGD-20 does not choose: "a" has the higher PGD-20 but loses to Square (masked gradients).
+    a = {"pgd20": 0.8, "robust": 0.3, "natural": 0.9}
+    assert capacity.pick({"a": a, "b": {"pgd20": 0.6, "robust": 0.5, "natural": 0.8}}) == "b"
+    assert capacity.pick({"a": {"robust": 0.6, "natural": 0.8}, "b": {"robust": 0.6, "natural": 0.9}}) == "b"
+    assert capacity.pick({"a": {"robust": 0.6, "natural": 0.9}, "b": {"robust": 0.6, "natural": 0.9}}) == "a"
+
+
+def test_validation_counts_a_digit_only_if_apgd_and_square_both_fail(tmp_path):
+    """A model with masked gradients (logits scaled by 10^4: the softmax saturates and the
+    cross-entropy gradient is zero in float32) keeps its PGD-20 accuracy, but Square, which reads
+    only the logits' order, breaks it on the validation digits."""
+    import keras
+
+    from ardir_tf import data, models
+
+    x, y = data.load_arrays("mnist5k", "train", examples=4000)
+    x_val, y_val = x[-64:], y[-64:]
+    inner = models.get("small_cnn", 10, (28, 28, 1), width=4)
+    inner.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    inner.fit(x[:2000], y[:2000], epochs=2, batch_size=64, verbose=0)
+    inputs = keras.Input((28, 28, 1))
+    logits = inner(inputs)
+    masked = keras.Model(inputs, keras.layers.Rescaling(1e4)(logits))
+    work = tmp_path / "run"
+    work.mkdir()
+    masked.save(work / "model.keras")
+    (work / "results.json").write_text(json.dumps({"training": {"epochs": 2, "seconds": 1.0}}))
+    v = capacity.validate(str(work), {"epsilon": 0.3, "seed": 0, "epochs": 2}, x_val, y_val, square_queries=300)
+    assert v["natural"] > 0.7 and v["pgd20"] > 0.5, v  # the gradient attack sees nothing
+    assert v["robust"] <= v["apgd-ce"] and v["robust"] < v["pgd20"] - 0.3, v  # Square does
+    assert json.loads((work / "validation.json").read_text())["robust"] == v["robust"]  # cached
 
 
 def test_validation_digits_are_the_end_of_the_training_split_not_held_out_digits():
@@ -187,7 +216,8 @@ def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
                "settings": {"teacher": {"model_options": "width=32", "epochs": 12}},
                "validation": {"examples": 500, "digits": "training split [3500, 4000)"},
                "teacher_selection": {"chosen": "trades_uniform", "candidates": {
-                   "pgd_at": {"pgd20": 0.70, "natural": 0.98}, "trades_uniform": {"pgd20": 0.80, "natural": 0.97}}},
+                   "pgd_at": {"pgd20": 0.90, "robust": 0.3, "natural": 0.98, "square_queries": 1000},
+                   "trades_uniform": {"pgd20": 0.80, "robust": 0.75, "natural": 0.97, "square_queries": 1000}}},
                "ardir_selection": {"chosen": "stage2:last, gamma 1", "candidates": {
                    "stage2:last, gamma 1": {"pgd20": 0.7, "natural": 0.97}}},
                "sizes": {"student": {"model": "small_cnn", "options": "", "parameters": 312202, "flops": 19978298},
@@ -215,6 +245,8 @@ def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
     assert "| PGD-20 | ARD | 0: +4.0, 1: +7.0 | +5.5 ± 2.1 | +4.0 to +7.0 | higher on all 2 seeds |" in text
     assert "| PGD-20 | best non-distilled (trades) | 0: -4.0, 1: -5.0 | -4.5 ± 0.7 | -5.0 to -4.0 | lower on all 2 seeds |" in text
     assert "chosen: **trades_uniform**" in text and "(9.0x)" in text and "(11.5x)" in text
+    assert "pgd_at 30.0% (PGD-20 90.0%), trades_uniform 75.0% (PGD-20 80.0%)" in text
+    assert "neither APGD-CE nor Square with 1,000 queries breaks it" in text
     assert "above that of every non-distilled student on the same digits" in text
     assert "students 16 min" in text  # 8 student runs x 120 s
     assert (tmp_path / "capacity.png").stat().st_size > 1000
@@ -262,7 +294,11 @@ def test_quick_capacity_study_end_to_end_and_resumed(tmp_path):
     assert summary["teacher_selection"]["chosen"] == capacity.pick(summary["teacher_selection"]["candidates"])
     assert summary["validation"]["examples"] == 64 and summary["validation"]["selection_train_examples"] == 192
     sizes = summary["sizes"]
-    assert sizes["teacher"]["model"] == "resnet18" and sizes["parameter_ratio"] == pytest.approx(
+    chosen = summary["teacher_selection"]["chosen"]
+    assert sizes["teacher"]["model"] == capacity.TEACHER_RECIPES[chosen].get("model", "resnet18")
+    assert all(0 <= v["robust"] <= v["pgd20"] + 0.2 and v["square_queries"] == 100
+               for v in summary["teacher_selection"]["candidates"].values())
+    assert sizes["parameter_ratio"] == pytest.approx(
         sizes["teacher"]["parameters"] / sizes["student"]["parameters"])
     assert summary["ardir_selection"]["chosen"] in capacity.ARDIR_CANDIDATES
     assert set(summary["wall_seconds"]) == {"teacher candidates", "ARDIR selection", "students", "AutoAttack"}
