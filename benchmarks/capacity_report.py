@@ -42,7 +42,7 @@ EXPECTED = (
     "`small_cnn` on the same 2 cores (AMD EPYC) under a load average of 7-14 from other jobs; the width-24 teacher, "
     "measured the same way under a load average of 7-8: 4.9 s per PGD-AT step, about 4.4 min per epoch of 3,500 "
     "digits; a 4-epoch `small_cnn` student takes 2.5-3 min on an idle machine (the main table's timers); a first "
-    "run of the study (teacher, selections, 18 students) took 23 + 9 + 55 min by the runs' own timers")
+    "run of the study (teacher, selections, 18 students) took 23 + 9 + 53 min by the runs' own timers")
 
 METRICS = (("pgd20", "PGD-20"), ("cw", "CW"), ("aa200", "AutoAttack (first 200)"))
 
