@@ -27,8 +27,8 @@ PLAN = (
     "the best robust accuracy on the last 500 (the validation split; a digit counts if neither APGD-CE nor Square "
     "with 1,000 queries breaks it) continues to 6 epochs.\n"
     "- ARDIR: the student's `stage2` against the teacher's last stage through a connector (1x1 convolution, batch "
-    "norm, average pooling where the maps differ in size), with gamma 1 or 3, or both student stages against it: "
-    "chosen on the same validation digits.\n"
+    "norm, average pooling where the maps differ in size), with gamma 0.3, 1 or 3, or both student stages against it "
+    "(gamma 1): chosen on the same validation digits.\n"
     "- Students: `small_cnn` by PGD-AT, TRADES (uniform start), ARD, RSLAD, IAD and ARDIR, the main table's budget "
     "(4 epochs, PGD-10), seeds 0-2, all 4,000 training digits.")
 EXPECTED = (
