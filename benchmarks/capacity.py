@@ -59,6 +59,8 @@ TEACHER_RECIPES: dict[str, dict[str, Any]] = {
 }
 #: Square's queries per digit in the validation attack (--quick: 100); AutoAttack's are 5,000.
 VAL_SQUARE_QUERIES = 1000
+#: --quick: every teacher candidate this narrow (a smoke run of the pipeline, not a 4x teacher).
+QUICK_TEACHER_OPTIONS = "width=8"
 #: The students of the table: each method with its own defaults, TRADES from a uniform start.
 STUDENTS: dict[str, dict[str, Any]] = {
     "pgd_at": {"method": "pgd_at"},
@@ -103,7 +105,6 @@ def settings(f) -> dict[str, Any]:
     if not 1 <= select_epochs <= teacher_epochs:
         raise ValueError(f"--capacity_select_epochs must be in [1, --capacity_teacher_epochs], got {select_epochs}")
     teacher = {**base, "model": f.capacity_teacher_model,
-               # --quick: narrow teachers (a smoke run of the pipeline, not a 4x teacher).
                "model_options": QUICK_TEACHER_OPTIONS if quick else f.capacity_teacher_options, "epochs": teacher_epochs,
                # Fixed, not derived from the epochs: the selection run and its continuation share it.
                "epsilon_warmup_epochs": min(1.0, select_epochs / 2)}
@@ -118,9 +119,6 @@ def settings(f) -> dict[str, Any]:
         "results_dir": f.capacity_results_dir or (os.path.join(os.path.abspath(f.output_dir), "results", "capacity")
                                                   if quick else DEFAULT_RESULTS_DIR),
     }
-
-
-QUICK_TEACHER_OPTIONS = "width=8"
 
 
 # ------------------------------------------------------------------------------------ helpers
