@@ -141,12 +141,12 @@ def plot(students: dict[str, list[dict]], teacher: Optional[dict], path: str, ep
     plt.close(fig)
 
 
-def _criterion(candidates: dict[str, dict], summary: dict[str, Any]) -> tuple[str, str]:
+def _criterion(candidates: dict[str, dict]) -> tuple[str, str]:
     """What the choice read (its name) and each candidate's numbers: robust accuracy under APGD-CE
     and Square with PGD-20 beside it, or PGD-20 alone (a study from before the robust criterion)."""
     if all("robust" in v for v in candidates.values()):
         queries = next(iter(candidates.values())).get("square_queries", capacity.VAL_SQUARE_QUERIES)
-        return (f"robust accuracy (a digit counts if neither APGD-CE nor Square with {queries:,} queries breaks it)",
+        return (f"robust accuracy, a digit counting if neither APGD-CE nor Square with {queries:,} queries breaks it",
                 ", ".join(f"{n} {100 * v['robust']:.1f}% (PGD-20 {100 * v['pgd20']:.1f}%)"
                           for n, v in candidates.items()))
     return "PGD-20", ", ".join(f"{n} {100 * v['pgd20']:.1f}%" for n, v in candidates.items())
@@ -195,7 +195,7 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
                + ("." if ok else ": **less than 4x the student** (a smoke run, not the study).")]
     val = summary.get("validation", {})
     if sel:
-        criterion, cands = _criterion(sel["candidates"], summary)
+        criterion, cands = _criterion(sel["candidates"])
         md.append(f"- Teacher recipe picked on validation {criterion} ({val.get('examples')} digits of "
                   f"{val.get('digits', 'the training split')}; candidates trained on the other "
                   f"{val.get('selection_train_examples', '')} training digits for "
@@ -203,7 +203,7 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
                   f"continued to {teacher_s['epochs']} epochs.")
     asel = summary.get("ardir_selection")
     if asel:
-        _, cands = _criterion(asel["candidates"], summary)
+        _, cands = _criterion(asel["candidates"])
         md.append(f"- ARDIR's layer pair and gamma picked the same way (seed 0): {cands}; chosen: **{asel['chosen']}** "
                   "(a connector maps the student's map onto the teacher's).")
     held_out = summary.get("settings", {}).get("student", {}).get("eval_examples", 1000)
