@@ -316,7 +316,11 @@ def build_trainer(s: dict[str, Any], student: keras.Model, teacher: Optional[ker
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the whole training state (student, connectors, optimizer, attack RNG, epoch) after
     every epoch. The weights go to a new file first and ``state.json`` is replaced atomically
-    afterwards, so an interruption at any moment leaves the previous complete checkpoint usable."""
+    afterwards, so an interruption at any moment leaves the previous complete checkpoint usable.
+
+    ``state.json`` also keeps ``train_seconds``: the time spent on the completed epochs, summed
+    over every invocation that trained them (an epoch cut short by an interruption is not counted).
+    """
 
     def __init__(self, directory: str):
         super().__init__()
@@ -337,6 +341,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         with open(self.state_path) as f:
             return json.load(f)
 
+    def train_seconds(self) -> float:
+        """Seconds spent on the completed epochs (0 for checkpoints written before this was kept)."""
+        return float((self.read_state() or {}).get("train_seconds", 0.0))
+
+    def on_train_begin(self, logs=None):
+        self._begin, self._before = time.monotonic(), self.train_seconds()
+
     def restore(self, trainer: keras.Model) -> int:
         """Loads the last complete checkpoint into ``trainer``; returns the epochs it completed."""
         state = self.read_state()
@@ -353,7 +364,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return  # a non-finite loss (TerminateOnNaN): keep the last good checkpoint
         name = f"epoch-{epoch + 1:04d}.weights.h5"
         self.model.save_weights(os.path.join(self.directory, name))
-        write_json_atomic(self.state_path, {"epochs_completed": epoch + 1, "weights": name})
+        write_json_atomic(self.state_path, {"epochs_completed": epoch + 1, "weights": name,
+                                            "train_seconds": round(self._before + time.monotonic() - self._begin, 1)})
         for old in os.listdir(self.directory):
             if old.endswith(".weights.h5") and old != name:
                 os.remove(os.path.join(self.directory, old))
@@ -462,7 +474,6 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
-    start = time.time()
     print(f"training {s['method']} {s['model']} on {info.name} for {s['epochs']} epochs into {workdir}")
     trainer.fit(train_ds, epochs=s["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                 validation_data=val, callbacks=callbacks, verbose=_PROGRESS[s["progress"]], shuffle=False)
@@ -471,6 +482,7 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
         raise ValueError(f"training stopped at a non-finite loss in epoch {done + 1}; the last good checkpoint ({done} "
                          f"epochs) is kept in {ckpt.directory}: run the same command to retry from it, or start "
                          "fresh in another --workdir with a lower --learning_rate")
+    evaluation_start = time.monotonic()
     own_model_path = os.path.join(out, "model.keras")
     save_model_atomic(student, own_model_path)
     distribute.barrier(strategy)  # the other workers may read WORKDIR/model.keras next (a student's teacher)
@@ -480,7 +492,9 @@ def train_and_evaluate(s: dict[str, Any], workdir: str, teacher_path: str = "") 
         verbose=int(s["progress"] == "bar"),
     )
     results["training"] = {"method": s["method"], "model": s["model"], "epochs": s["epochs"],
-                           "seconds": round(time.time() - start, 1), "teacher": teacher_path or None}
+                           # every invocation's training (a resumed run's too), then this evaluation
+                           "seconds": round(writer.train_seconds() + time.monotonic() - evaluation_start, 1),
+                           "train_seconds": writer.train_seconds(), "teacher": teacher_path or None}
     write_json_atomic(os.path.join(out, "results.json"), results)
     distribute.remove_worker_dir(strategy, workdir)
     return results

@@ -227,9 +227,11 @@ def read_row(workdir: str) -> Optional[dict[str, Any]]:
         row["val_pgd20"], row["val_natural"], row["val_seconds"] = val["pgd20"], val["natural"], val["seconds"]
         if "robust" in val:
             row["val_robust"] = val["robust"]
-        epochs = runs.read_json(os.path.join(workdir, "results.json"))["training"].get("epochs")
-        if epochs and val.get("epochs") and epochs > val["epochs"]:
-            # continued after its validation (the chosen teacher): the first part's seconds too
+        training = runs.read_json(os.path.join(workdir, "results.json"))["training"]
+        epochs = training.get("epochs")
+        if epochs and val.get("epochs") and epochs > val["epochs"] and "train_seconds" not in training:
+            # continued after its validation (the chosen teacher) by a version of the trainer that
+            # timed only the last invocation: the validated epochs' seconds too
             row["train_seconds"] += val["train_seconds"]
     return row
 

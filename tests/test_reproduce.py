@@ -353,3 +353,7 @@ def test_a_continued_teacher_counts_both_training_parts(tmp_path):
     assert row["train_seconds"] == 170.0 and row["val_seconds"] == 6.0
     times = capacity.wall_times({"runs": {"teacher/trades_uniform": row}})
     assert times["teacher candidates"] == 176.0
+    # The trainer now times every invocation of a resumed run itself: nothing is added twice.
+    results["training"].update(seconds=175.0, train_seconds=170.0)
+    (tmp_path / "teacher/trades_uniform/results.json").write_text(json.dumps(results))
+    assert capacity.read_row(str(tmp_path / "teacher/trades_uniform"))["train_seconds"] == 175.0

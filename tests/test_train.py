@@ -54,9 +54,14 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     assert run_cli([*common, teacher, f"--workdir={straight}", "--epochs=3"], tmp_path).returncode == 0
     # The same run stopped after epoch 1, then the same command again with the full epoch count.
     assert run_cli([*common, teacher, f"--workdir={resumed}", "--epochs=1"], tmp_path).returncode == 0
+    first = json.loads((resumed / "checkpoint" / "state.json").read_text())["train_seconds"]
     proc = run_cli([*common, teacher, f"--workdir={resumed}", "--epochs=3"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming after epoch 1" in proc.stdout
+    # The training time adds up over both invocations; the results count it, then the evaluation.
+    total = json.loads((resumed / "checkpoint" / "state.json").read_text())["train_seconds"]
+    assert 0 < first < total
+    assert json.loads((resumed / "results.json").read_text())["training"]["seconds"] >= total
     a = keras.models.load_model(straight / "model.keras").get_weights()
     b = keras.models.load_model(resumed / "model.keras").get_weights()
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
