@@ -81,8 +81,10 @@ ARDIR_CANDIDATES: dict[str, dict[str, Any]] = {
     "stage1+stage2:last, gamma 1": {"ir_layers": ["stage1:{teacher}", "stage2:{teacher}"]},
     "stage2:last, gamma 0.3": {"gamma": 0.3},
 }
-#: AutoAttack digit ranges: every run gets the first; the teacher and seed 0 get both.
-AA_PARTS = ((0, 200), (200, 500))
+#: AutoAttack digit ranges: every run gets the first; the teacher and seed 0 get them all. The later
+#: ranges are small so that an interrupted study loses little (the teacher takes over 20 minutes
+#: per 100 digits here).
+AA_PARTS = ((0, 200), (200, 300), (300, 400), (400, 500))
 RUN_FILES = ("results.json", "extra.json", "validation.json")
 
 
@@ -186,7 +188,7 @@ def autoattack_parts(workdir: str, s: dict[str, Any], parts) -> dict[str, Any]:
     path = os.path.join(workdir, "extra.json")
     extra = runs.read_json(path) or {}
     done = extra.setdefault("autoattack_parts", {})
-    todo = [(a, b) for a, b in parts if f"{a}:{b}" not in done]
+    todo = missing_parts(parts, done)
     if not todo:
         return extra
     from ardir_tf import data, evaluate
@@ -200,6 +202,13 @@ def autoattack_parts(workdir: str, s: dict[str, Any], parts) -> dict[str, Any]:
                             "seconds": r["attacks"]["autoattack"]["seconds"]}
         runs.write_json(path, extra)  # each part saved as soon as it is done
     return extra
+
+
+def missing_parts(parts, done) -> list[tuple[int, int]]:
+    """The ranges ``[a, b)`` of ``parts`` not covered by the ``done`` ranges (keys ``"a:b"``), which
+    may be cut differently (a study resumed after :data:`AA_PARTS` changed)."""
+    ranges = [tuple(int(v) for v in k.split(":")) for k in done]
+    return [(a, b) for a, b in parts if not all(any(c <= i < d for c, d in ranges) for i in range(a, b))]
 
 
 def read_row(workdir: str) -> Optional[dict[str, Any]]:
@@ -351,7 +360,7 @@ def run(f) -> dict[str, Any]:
     for parts_first in (True, False):  # every run's first part before any second part
         for workdir, s, parts in aa_runs:
             done = (runs.read_json(os.path.join(workdir, "extra.json")) or {}).get("autoattack_parts", {})
-            todo = [(a, b) for a, b in (parts[:1] if parts_first else parts) if f"{a}:{b}" not in done]
+            todo = missing_parts(parts[:1] if parts_first else parts, done)
             if todo:
                 print(f"[{time.time() - start:7.0f}s] capacity/{os.path.relpath(workdir, out)} AutoAttack on held-out "
                       f"digits {', '.join(f'[{a}, {b})' for a, b in todo)}", flush=True)

@@ -208,6 +208,17 @@ def test_autoattack_parts_join_into_the_first_200_and_all_500(tmp_path):
     _finished(tmp_path, "ardir/seed-1", 0.97, 0.7, {(0, 200): 0.55})
     row = capacity.read_row(str(tmp_path / "ardir/seed-1"))
     assert row["aa200"] == row["autoattack"] == 0.55 and row["autoattack_examples"] == 200
+    # Smaller later parts join the same way; an interrupted study has a shorter prefix.
+    _finished(tmp_path, "ardir/seed-2", 0.97, 0.7, {(0, 200): 0.6, (200, 300): 0.7, (300, 400): 0.8})
+    row = capacity.read_row(str(tmp_path / "ardir/seed-2"))
+    assert row["autoattack"] == pytest.approx((120 + 70 + 80) / 400) and row["autoattack_examples"] == 400
+
+
+def test_parts_done_under_another_cut_are_not_attacked_again():
+    done = {"0:200": {}, "200:500": {}}
+    assert capacity.missing_parts(capacity.AA_PARTS, done) == []
+    assert capacity.missing_parts([(0, 200), (200, 300), (300, 400)], {"0:200": {}, "200:300": {}}) == [(300, 400)]
+    assert capacity.missing_parts([(0, 200), (200, 500)], {"0:200": {}, "200:300": {}}) == [(200, 500)]
 
 
 def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
