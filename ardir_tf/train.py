@@ -326,6 +326,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
+        self.on_train_begin()  # fit() calls it again; an epoch end outside fit() needs the clock too
 
     @property
     def state_path(self) -> str:
