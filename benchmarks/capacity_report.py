@@ -264,9 +264,10 @@ def reading(summary: dict[str, Any], students: dict[str, list[dict]], teacher: O
                     beaten.add(f"{m} seed {r['seed']} ({teacher['autoattack_examples']} digits)")
                 if "aa200" in r and r["aa200"] >= teacher["aa200"]:
                     beaten.add(f"{m} seed {r['seed']} (first {teacher['aa200_examples']})")
-        lines.append(f"The teacher's AutoAttack accuracy ({100 * teacher['autoattack']:.1f}% on "
-                     f"{teacher['autoattack_examples']} digits, {100 * teacher['aa200']:.1f}% on the first "
-                     f"{teacher['aa200_examples']}) is "
+        measured = f"{100 * teacher['aa200']:.1f}% on the first {teacher['aa200_examples']} digits"
+        if teacher["autoattack_examples"] != teacher["aa200_examples"]:
+            measured = f"{100 * teacher['autoattack']:.1f}% on {teacher['autoattack_examples']} digits, {measured}"
+        lines.append(f"The teacher's AutoAttack accuracy ({measured}) is "
                      + ("above that of every non-distilled student on the same digits." if not beaten else
                         f"**not** above that of {', '.join(sorted(beaten))}: this teacher is not more robust than "
                         "a student trained without one, and distillation cannot be expected to help."))
