@@ -32,10 +32,10 @@ PLAN = (
     "- Students: `small_cnn` by PGD-AT, TRADES (uniform start), ARD, RSLAD, IAD and ARDIR, the main table's budget "
     "(4 epochs, PGD-10), seeds 0-2, all 4,000 training digits.")
 EXPECTED = (
-    "about 4.5 hours on 2 idle cores, an estimate: teacher candidates and the teacher about 70 min (3 x 2 selection "
+    "about 5-6 hours on 2 cores, an estimate: teacher candidates and the teacher about 70 min (3 x 2 selection "
     "epochs with their validation attacks, 4 more epochs, evaluations), ARDIR selection about 20 min, 18 students "
-    "about 60 min, AutoAttack about 2 h (5,400 student digits at about 1.5 s per robust digit, and the teacher's 500 "
-    "at several times that). Basis: one PGD-10 training step at batch 64 (`python -m benchmarks.throughput "
+    "about 60 min, AutoAttack about 3.5-4 h (5,400 student digits at about 1.5 s per robust digit; the wide teacher's "
+    "500 took 41 min per 200 digits on a shared machine in the study's own run). Basis: one PGD-10 training step at batch 64 (`python -m benchmarks.throughput "
     "--model=resnet18 --model_options=width=32 --dataset=mnist5k --batch_size=64 --methods=pgd_at,trades "
     "--precision=float32 --eval_attacks= --steps=3`, and the same with `--model=small_cnn`; "
     "`benchmarks/results/capacity_plan_step_*.json`) took 12.7 s (median of 3) for `resnet18` width 32 and 1.1 s for "
