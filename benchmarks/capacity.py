@@ -364,7 +364,9 @@ def run(f) -> dict[str, Any]:
             if todo:
                 print(f"[{time.time() - start:7.0f}s] capacity/{os.path.relpath(workdir, out)} AutoAttack on held-out "
                       f"digits {', '.join(f'[{a}, {b})' for a, b in todo)}", flush=True)
-                autoattack_parts(workdir, s, todo)
+                for part in todo:  # each part in the result files as soon as it is done
+                    autoattack_parts(workdir, s, [part])
+                    mirror(workdir, out, results_dir)
             mirror(workdir, out, results_dir)
 
     save(command_seconds=round(time.time() - start, 1),
