@@ -364,10 +364,11 @@ def run(f) -> dict[str, Any]:
             if todo:
                 print(f"[{time.time() - start:7.0f}s] capacity/{os.path.relpath(workdir, out)} AutoAttack on held-out "
                       f"digits {', '.join(f'[{a}, {b})' for a, b in todo)}", flush=True)
-                for part in todo:  # each part in the result files as soon as it is done
-                    autoattack_parts(workdir, s, [part])
-                    mirror(workdir, out, results_dir)
-            mirror(workdir, out, results_dir)
+            for part in todo:  # each part in the result files as soon as it is done
+                autoattack_parts(workdir, s, [part])
+                mirror(workdir, out, results_dir)
+            if not todo:  # attacked by an earlier invocation: its files may not be mirrored yet
+                mirror(workdir, out, results_dir)
 
     save(command_seconds=round(time.time() - start, 1),
          wall_seconds={k: round(v, 1) for k, v in wall_times(read_summary(results_dir)).items()})
