@@ -221,6 +221,24 @@ def test_parts_done_under_another_cut_are_not_attacked_again():
     assert capacity.missing_parts([(0, 200), (200, 500)], {"0:200": {}, "200:300": {}}) == [(200, 500)]
 
 
+def test_autoattack_parts_are_saved_one_by_one_and_not_attacked_again(tmp_path, trained_small_cnn_path, capsys):
+    """Each part reaches extra.json with its accuracy and time and a result line; a later call
+    whose ranges the saved parts cover attacks nothing (the naturally trained model breaks)."""
+    import shutil
+
+    shutil.copy(trained_small_cnn_path, tmp_path / "model.keras")
+    s = {"epsilon": 0.3, "seed": 0, "progress": "epoch"}
+    extra = capacity.autoattack_parts(str(tmp_path), s, [(0, 8), (8, 16)])
+    saved = json.loads((tmp_path / "extra.json").read_text())["autoattack_parts"]
+    assert saved == extra["autoattack_parts"] and sorted(saved) == ["0:8", "8:16"]
+    assert all(p["examples"] == 8 and p["accuracy"] <= 0.25 and p["seconds"] > 0 for p in saved.values())
+    out = capsys.readouterr().out
+    assert "AutoAttack on digits [0, 8): " in out and "AutoAttack on digits [8, 16): " in out
+    capacity.autoattack_parts(str(tmp_path), {**s, "progress": "none"}, [(0, 16)])
+    assert capsys.readouterr().out == ""
+    assert json.loads((tmp_path / "extra.json").read_text())["autoattack_parts"] == saved
+
+
 def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
     results = tmp_path / "results"
     summary = {"epsilon": 0.3, "methods": ["pgd_at", "trades", "ard", "ardir"], "seeds": [0, 1],
