@@ -32,17 +32,11 @@ PLAN = (
     "- Students: `small_cnn` by PGD-AT, TRADES (uniform start), ARD, RSLAD, IAD and ARDIR, the main table's budget "
     "(4 epochs, PGD-10), seeds 0-2, all 4,000 training digits.")
 EXPECTED = (
-    "about 5-6 hours on 2 cores, an estimate: teacher candidates and the teacher about 70 min (3 x 2 selection "
-    "epochs with their validation attacks, 4 more epochs, evaluations), ARDIR selection about 20 min, 18 students "
-    "about 60 min, AutoAttack about 3.5-4 h (5,400 student digits at about 1.5 s per robust digit; the wide teacher's "
-    "500 took 41 min per 200 digits on a shared machine in the study's own run). Basis: one PGD-10 training step at batch 64 (`python -m benchmarks.throughput "
-    "--model=resnet18 --model_options=width=32 --dataset=mnist5k --batch_size=64 --methods=pgd_at,trades "
-    "--precision=float32 --eval_attacks= --steps=3`, and the same with `--model=small_cnn`; "
-    "`benchmarks/results/capacity_plan_step_*.json`) took 12.7 s (median of 3) for `resnet18` width 32 and 1.1 s for "
-    "`small_cnn` on the same 2 cores (AMD EPYC) under a load average of 7-14 from other jobs; the width-24 teacher, "
-    "measured the same way under a load average of 7-8: 4.9 s per PGD-AT step, about 4.4 min per epoch of 3,500 "
-    "digits; a 4-epoch `small_cnn` student takes 2.5-3 min on an idle machine (the main table's timers); a first "
-    "run of the study (teacher, selections, 18 students) took 23 + 9 + 53 min by the runs' own timers")
+    "5.7 hours on 2 cores (AMD EPYC) by the runs' own timers in the study's own run (2026-12-01/02), much of it on a "
+    "machine shared with CI runs: teacher candidates 51 min, ARDIR selection 14 min, 18 students 44 min, AutoAttack "
+    "3.9 h, of which the wide teacher's 500 digits took 1.8 h. On the idle machine AutoAttack cost about 13 s per "
+    "robust digit for that teacher and about 2 s for a `small_cnn` student; at those rates the study would take "
+    "about 4.7 hours (an estimate; docs/results.md)")
 
 METRICS = (("pgd20", "PGD-20"), ("cw", "CW"), ("aa200", "AutoAttack (first 200)"))
 
@@ -226,7 +220,8 @@ def section(summary: dict[str, Any], plot_name: str = "capacity.png",
             agg["autoattack"] = {"mean": row["autoattack"], "std": 0.0, "n": 1}
     md += ["", f"Accuracy (%), mean ± sample standard deviation over seeds; {held_out:,} held-out digits except "
            "AutoAttack:", "",
-           runs.markdown_table(table, 0, eps, cols)]
+           runs.markdown_table(table, 0, eps, cols, partial_note=f"seed 0 only (the other seeds were attacked on "
+                                                                  f"the first {first} digits only)")]
     comps = comparisons(students, non_distilled)
     if comps:
         md += ["", "Paired differences by seed (percentage points; the same seed's data order, initialisation and digits):",

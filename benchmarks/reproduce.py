@@ -14,7 +14,7 @@ PGD-20 / CW at ``--second_epsilon``. Then (``--studies``):
   ARD and PGD-AT, and RSLAD's own attack against CE-PGD (:mod:`benchmarks.step_sweep`);
 * ``capacity``: a larger teacher (a ResNet-18 or a wide ``small_cnn``, picked on validation)
   distilled into ``small_cnn`` students by every method, choices made on a validation split
-  (:mod:`benchmarks.capacity`); not in the default ``--studies`` (5-6 hours on 2 cores). Its report
+  (:mod:`benchmarks.capacity`); not in the default ``--studies`` (5.7 hours on 2 cores in its own run). Its report
   replaces the capacity section of ``--capacity_docs`` (``docs/results.md``) and its small result files are kept in
   ``--capacity_results_dir`` (``benchmarks/results/capacity``), from which ``--report_only``
   rebuilds that section anywhere.

@@ -136,10 +136,12 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown_table(table: dict[str, dict[str, Any]], second_epsilon: float, epsilon: float,
-                   cols: Optional[Sequence[tuple[str, str]]] = None) -> str:
+                   cols: Optional[Sequence[tuple[str, str]]] = None,
+                   partial_note: str = "one seed only (the others were not evaluated with that attack)") -> str:
     """``table`` (name -> :func:`aggregate`) as a Markdown table of percentages, ``mean ± std``
-    over seeds; a cell measured on one seed of several is marked †. ``cols``: ``(key, header)``
-    pairs (default: natural, FGSM, PGD-20, CW, AutoAttack and the second radius's columns)."""
+    over seeds; a cell measured on one seed of several is marked † and ``partial_note`` explains
+    it below the table. ``cols``: ``(key, header)`` pairs (default: natural, FGSM, PGD-20, CW,
+    AutoAttack and the second radius's columns)."""
     if cols is None:
         cols = [("natural", "natural"), ("fgsm", f"FGSM @{epsilon:g}"), ("pgd20", f"PGD-20 @{epsilon:g}"),
                 ("cw", f"CW @{epsilon:g}"), ("autoattack", f"AutoAttack @{epsilon:g}"),
@@ -158,5 +160,5 @@ def markdown_table(table: dict[str, dict[str, Any]], second_epsilon: float, epsi
             partial |= n < agg["seeds"]
         lines.append(f"| {name} | {agg['seeds']} | " + " | ".join(cells) + " |")
     if partial:
-        lines += ["", "† one seed only (the others were not evaluated with that attack)."]
+        lines += ["", f"† {partial_note}."]
     return "\n".join(lines)

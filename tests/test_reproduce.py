@@ -270,6 +270,7 @@ def test_report_only_writes_the_capacity_section_from_result_files(tmp_path):
     assert text.endswith(f"{capacity_report.END}\n\n## Main table\nkept\n")
     assert "| teacher (trades_uniform) | 1 | 98.0 | 92.0 | 82.0 | 81.0 | 75.0 | 78.0 |" in text  # 500 = (200*.75+300*.8)/500
     assert "| ardir | 2 | 95.0 ± 0.0 | 76.5 ± 0.7 | 66.5 ± 0.7 | 65.5 ± 0.7 | 56.5 ± 0.7 | 56.0† |" in text
+    assert "† seed 0 only (the other seeds were attacked on the first 200 digits only)." in text
     # ARDIR - ARD on PGD-20 by seed: +4.0, +7.0; against the best non-distilled (trades): -4.0, -5.0
     assert "| PGD-20 | ARD | 0: +4.0, 1: +7.0 | +5.5 ± 2.1 | +4.0 to +7.0 | higher on all 2 seeds |" in text
     assert "| PGD-20 | best non-distilled (trades) | 0: -4.0, 1: -5.0 | -4.5 ± 0.7 | -5.0 to -4.0 | lower on all 2 seeds |" in text
