@@ -36,10 +36,11 @@ there, from which ``--report_only`` rebuilds the report anywhere
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from benchmarks import runs
 
@@ -182,9 +183,11 @@ def pick(candidates: dict[str, dict[str, Any]]) -> str:
     return max(order, key=lambda n: (candidates[n]["robust"], candidates[n]["natural"], -order.index(n)))
 
 
-def autoattack_parts(workdir: str, s: dict[str, Any], parts) -> dict[str, Any]:
+def autoattack_parts(workdir: str, s: dict[str, Any], parts,
+                     on_saved: Optional[Callable[[], None]] = None) -> dict[str, Any]:
     """AutoAttack (standard) at eps on each held-out digit range ``[a, b)`` of ``parts``, cached
-    per part in ``WORKDIR/extra.json`` under ``autoattack_parts`` (``"a:b"`` -> accuracy, seconds)."""
+    per part in ``WORKDIR/extra.json`` under ``autoattack_parts`` (``"a:b"`` -> accuracy, seconds);
+    ``on_saved()`` is called after each part is written."""
     path = os.path.join(workdir, "extra.json")
     extra = runs.read_json(path) or {}
     done = extra.setdefault("autoattack_parts", {})
@@ -202,6 +205,8 @@ def autoattack_parts(workdir: str, s: dict[str, Any], parts) -> dict[str, Any]:
         part = done[f"{a}:{b}"] = {"examples": b - a, "accuracy": r["robust_accuracy"]["autoattack"],
                                    "seconds": r["attacks"]["autoattack"]["seconds"]}
         runs.write_json(path, extra)  # each part saved as soon as it is done
+        if on_saved is not None:
+            on_saved()
         if verbose:
             print(f"AutoAttack on digits [{a}, {b}): {100 * part['accuracy']:.1f}% in {part['seconds']:.0f} s",
                   flush=True)
@@ -368,10 +373,10 @@ def run(f) -> dict[str, Any]:
             if todo:
                 print(f"[{time.time() - start:7.0f}s] capacity/{os.path.relpath(workdir, out)} AutoAttack on held-out "
                       f"digits {', '.join(f'[{a}, {b})' for a, b in todo)}", flush=True)
-            for part in todo:  # each part in the result files as soon as it is done
-                autoattack_parts(workdir, s, [part])
-                mirror(workdir, out, results_dir)
-            if not todo:  # attacked by an earlier invocation: its files may not be mirrored yet
+            # Each part reaches the result files as soon as it is done; a run attacked by an earlier
+            # invocation is mirrored once (its files may not be there yet).
+            autoattack_parts(workdir, s, todo, on_saved=functools.partial(mirror, workdir, out, results_dir))
+            if not todo:
                 mirror(workdir, out, results_dir)
 
     save(command_seconds=round(time.time() - start, 1),

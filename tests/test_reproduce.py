@@ -228,14 +228,17 @@ def test_autoattack_parts_are_saved_one_by_one_and_not_attacked_again(tmp_path, 
 
     shutil.copy(trained_small_cnn_path, tmp_path / "model.keras")
     s = {"epsilon": 0.3, "seed": 0, "progress": "epoch"}
-    extra = capacity.autoattack_parts(str(tmp_path), s, [(0, 8), (8, 16)])
+    seen = []  # what extra.json holds each time a part is reported saved
+    extra = capacity.autoattack_parts(str(tmp_path), s, [(0, 8), (8, 16)], on_saved=lambda: seen.append(
+        sorted(json.loads((tmp_path / "extra.json").read_text())["autoattack_parts"])))
+    assert seen == [["0:8"], ["0:8", "8:16"]]
     saved = json.loads((tmp_path / "extra.json").read_text())["autoattack_parts"]
     assert saved == extra["autoattack_parts"] and sorted(saved) == ["0:8", "8:16"]
     assert all(p["examples"] == 8 and p["accuracy"] <= 0.25 and p["seconds"] > 0 for p in saved.values())
     out = capsys.readouterr().out
     assert "AutoAttack on digits [0, 8): " in out and "AutoAttack on digits [8, 16): " in out
-    capacity.autoattack_parts(str(tmp_path), {**s, "progress": "none"}, [(0, 16)])
-    assert capsys.readouterr().out == ""
+    capacity.autoattack_parts(str(tmp_path), {**s, "progress": "none"}, [(0, 16)], on_saved=lambda: seen.append(1))
+    assert capsys.readouterr().out == "" and len(seen) == 2
     assert json.loads((tmp_path / "extra.json").read_text())["autoattack_parts"] == saved
 
 
